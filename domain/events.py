@@ -1,0 +1,22 @@
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SessionsEnded:
+    """The named sessions (or all of them when None) can no longer be used: open sockets close."""
+
+    user_id: uuid.UUID
+    session_ids: tuple[uuid.UUID, ...] | None
+    reason: str
+
+    def covers(self, session_id: uuid.UUID) -> bool:
+        return self.session_ids is None or session_id in self.session_ids
+
+
+@dataclass(frozen=True)
+class ProfileChanged:
+    user_id: uuid.UUID
+
+
+UserEvent = SessionsEnded | ProfileChanged

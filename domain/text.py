@@ -1,0 +1,35 @@
+import unicodedata
+
+from domain.errors import Code, InputError
+
+_LINE_CONTROLS = frozenset("\n\t")
+# Bidirectional overrides let a name render as something else (a classic spoofing trick); other
+# format characters (zero-width joiners in emoji, for example) are legitimate.
+_BIDI_OVERRIDES = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def has_lone_surrogate(value: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in value)
+
+
+def clean_text(
+    value: str, field: str, *, max_len: int, min_len: int = 0, multiline: bool = False
+) -> str:
+    # A lone surrogate passes most checks and then fails at the first UTF-8 encode (the database
+    # driver), so it is refused here, before anything is stored.
+    if has_lone_surrogate(value):
+        raise InputError(Code.INVALID_TEXT, f"{field} contains an unpaired UTF-16 surrogate", field)
+    # Cheap bound before normalising, so a megabyte of text is not normalised only to be refused.
+    if len(value) > max_len * 4:
+        raise InputError(Code.TEXT_TOO_LONG, f"{field} is longer than {max_len} characters", field)
+    text = unicodedata.normalize("NFC", value).strip()
+    for ch in text:
+        category = unicodedata.category(ch)
+        forbidden = category in ("Cc", "Co", "Cn") or ch in _BIDI_OVERRIDES
+        if forbidden and not (multiline and ch in _LINE_CONTROLS):
+            raise InputError(Code.INVALID_TEXT, f"{field} contains a control character", field)
+    if len(text) > max_len:
+        raise InputError(Code.TEXT_TOO_LONG, f"{field} is longer than {max_len} characters", field)
+    if len(text) < min_len:
+        raise InputError(Code.TEXT_TOO_SHORT, f"{field} must be at least {min_len} characters", field)
+    return text

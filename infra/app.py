@@ -1,0 +1,116 @@
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from infra.broadcast import make_broadcast
+from infra.db import open_pool
+from infra.events import UserChannels
+from infra.graphql_app import GraphQLApp
+from infra.metrics import REGISTRY, Metrics
+from infra.pg_users import PgSessions, PgUsers
+from infra.redis_client import open_redis
+from infra.security import Argon2Hasher, JwtSigner
+from infra.settings import Settings
+from resolvers.context import Ports
+from schema import build_schema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pool: asyncpg.Pool | None = None
+    redis: aioredis.Redis | None = None
+    ports: Ports | None = None
+
+    def require_ports(self) -> Ports:
+        if self.ports is None:
+            raise RuntimeError("the application has not started")
+        return self.ports
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_pool(settings.database_url, settings.db_pool_max))
+        redis = open_redis(settings.redis_url)
+        stack.push_async_callback(redis.aclose)
+        broadcast = await stack.enter_async_context(make_broadcast(settings.redis_url))
+        channels = UserChannels(broadcast, settings.redis_prefix)
+        ports = Ports(
+            users=PgUsers(pool), sessions=PgSessions(pool, redis, settings.redis_prefix),
+            hasher=Argon2Hasher(settings.argon2_time_cost, settings.argon2_memory_kib),
+            tokens=JwtSigner(settings.secret_key, settings.access_ttl.total_seconds()),
+            events=channels, user_events=channels, refresh_ttl=settings.refresh_ttl,
+        )
+        yield Runtime(settings, pool, redis, ports)
+
+
+def create_app(settings: Settings) -> Starlette:
+    runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_runtime(settings) as opened:
+            runtime.pool, runtime.redis, runtime.ports = opened.pool, opened.redis, opened.ports
+            yield
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks: dict[str, str] = {}
+        for name, probe in (("postgres", _pg_ping(runtime)), ("redis", _redis_ping(runtime))):
+            try:
+                await asyncio.wait_for(probe, 2)
+                checks[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+                checks[name] = f"down: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    graphql = GraphQLApp(
+        build_schema(production=settings.production, extensions=[Metrics]), runtime.require_ports,
+        production=settings.production, max_body_bytes=settings.max_body_bytes,
+        allowed_origins=settings.allowed_origins,
+    )
+    middleware = []
+    if settings.allowed_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"]))
+    return Starlette(
+        routes=[
+            Route("/graphql", graphql),
+            WebSocketRoute("/graphql", graphql),
+            Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
+        ],
+        middleware=middleware, lifespan=lifespan,
+    )
+
+
+async def _pg_ping(runtime: Runtime) -> None:
+    if runtime.pool is None:
+        raise RuntimeError("no pool")
+    await runtime.pool.fetchval("SELECT 1")
+
+
+async def _redis_ping(runtime: Runtime) -> None:
+    if runtime.redis is None:
+        raise RuntimeError("no redis")
+    await runtime.redis.ping()

@@ -1,0 +1,150 @@
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+from infra.settings import ConfigError, Settings
+
+log = logging.getLogger("newfriends")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    )
+
+
+def _settings() -> Settings:
+    settings = Settings.from_env()
+    return settings if settings.production else settings.with_dev_secret()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from infra.app import create_app
+
+    settings = _settings()
+    if args.port is not None:
+        settings = replace(settings, port=args.port)
+    trusted = ",".join(settings.trusted_proxies)
+    uvicorn.run(
+        create_app(settings), host=args.host or settings.host, port=settings.port,
+        # Forwarding headers count only from configured proxies; anyone else could forge them.
+        proxy_headers=bool(trusted), forwarded_allow_ips=trusted or "",
+        ws_ping_interval=20, ws_ping_timeout=20, timeout_graceful_shutdown=10,
+        log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False,
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from infra.db import migrate
+
+    applied = asyncio.run(migrate(_settings().database_url))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers import registry
+
+    workers = registry()
+    if args.name not in workers:
+        print(f"unknown worker {args.name!r}; known: {', '.join(sorted(workers))}", file=sys.stderr)
+        return 2
+    asyncio.run(workers[args.name](_settings()))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from infra.devstack import EmbeddedStack
+
+    settings = _settings()
+    missing = {"postgres": not settings.database_url, "redis": not settings.redis_url,
+               "s3": not settings.s3_endpoint_url}
+    with EmbeddedStack(settings.data_dir / "services", **missing) as services:
+        env = dict(os.environ)
+        if missing["postgres"]:
+            env["DATABASE_URL"] = services.database_url
+        if missing["redis"]:
+            env["REDIS_URL"] = services.redis_url
+        if missing["s3"]:
+            env.update(S3_ENDPOINT_URL=services.s3_endpoint_url, S3_ACCESS_KEY=services.s3_access_key,
+                       S3_SECRET_KEY=services.s3_secret_key)
+        env["NEWFRIENDS_SECRET_KEY"] = settings.secret_key
+        env["NEWFRIENDS_DATA_DIR"] = str(settings.data_dir)
+        return _supervise(settings, env)
+
+
+def _supervise(settings: Settings, env: dict[str, str]) -> int:
+    from workers import registry
+
+    exe = [sys.executable, "-m", "infra.cli"]
+    if subprocess.run([*exe, "migrate"], env=env, check=False).returncode != 0:
+        return 1
+    commands = {"api": [*exe, "serve"], **{f"worker:{n}": [*exe, "worker", n] for n in sorted(registry())}}
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    children = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
+    url = f"http://{settings.host}:{settings.port}/graphql"
+    print(f"\n  newfriends is starting: GraphiQL at {url}\n  (Ctrl-C stops everything)\n", flush=True)
+    restarts: dict[str, float] = {}
+    while not stopping:
+        time.sleep(0.5)
+        for name, child in list(children.items()):
+            if child.poll() is not None and not stopping:
+                # A crashed process comes back, but not in a tight loop.
+                if time.monotonic() - restarts.get(name, 0) < 5:
+                    continue
+                log.warning("%s exited with %s; restarting", name, child.returncode)
+                restarts[name] = time.monotonic()
+                children[name] = subprocess.Popen(commands[name], env=env)
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for child in children.values():
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
+    parser = argparse.ArgumentParser(prog="newfriends", description="newfriends backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run one API process (GraphQL over HTTP and WebSocket)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("migrate", help="apply pending database migrations").set_defaults(func=cmd_migrate)
+    worker = sub.add_parser("worker", help="run one background worker")
+    worker.add_argument("name")
+    worker.set_defaults(func=cmd_worker)
+    sub.add_parser("dev", help="everything in one process group, with embedded services when no URLs are set"
+                   ).set_defaults(func=cmd_dev)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from broadcaster import Broadcast
+
+from domain.errors import Code, DomainError
+from domain.events import ProfileChanged, SessionsEnded, UserEvent
+from infra.broadcast import BroadcastConnectionLost
+
+
+def encode(event: UserEvent) -> str:
+    if isinstance(event, SessionsEnded):
+        ids = None if event.session_ids is None else [str(s) for s in event.session_ids]
+        return json.dumps({"type": "sessions_ended", "user": str(event.user_id), "sessions": ids,
+                           "reason": event.reason})
+    return json.dumps({"type": "profile_changed", "user": str(event.user_id)})
+
+
+def decode(raw: str) -> UserEvent | None:
+    data = json.loads(raw)
+    user_id = uuid.UUID(data["user"])
+    if data["type"] == "sessions_ended":
+        ids = None if data["sessions"] is None else tuple(uuid.UUID(s) for s in data["sessions"])
+        return SessionsEnded(user_id, ids, data["reason"])
+    if data["type"] == "profile_changed":
+        return ProfileChanged(user_id)
+    return None  # a newer process may publish kinds this one does not know yet
+
+
+class UserChannels:
+    """Per-user pub/sub channels: every API process hears the events of the users it serves."""
+
+    def __init__(self, broadcast: Broadcast, prefix: str) -> None:
+        self._broadcast = broadcast
+        self._prefix = prefix
+
+    def channel(self, user_id: uuid.UUID) -> str:
+        # The hash tag keeps a user's channel on the same cluster slot as the user's keys.
+        return f"{self._prefix}{{u:{user_id}}}:events"
+
+    async def publish(self, event: UserEvent) -> None:
+        await self._broadcast.publish(self.channel(event.user_id), encode(event))
+
+    @asynccontextmanager
+    async def subscribe(self, user_id: uuid.UUID) -> AsyncIterator[AsyncIterator[UserEvent]]:
+        async with self._broadcast.subscribe(self.channel(user_id)) as subscriber:
+            yield self._events(subscriber)
+
+    @staticmethod
+    async def _events(subscriber: object) -> AsyncIterator[UserEvent]:
+        try:
+            async for message in subscriber:  # type: ignore[attr-defined]
+                event = decode(message.message)
+                if event is not None:
+                    yield event
+        except BroadcastConnectionLost:
+            raise DomainError(Code.UNAVAILABLE, "Live events were interrupted; subscribe again") from None

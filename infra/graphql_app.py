@@ -1,0 +1,200 @@
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import timedelta
+from typing import Any
+
+from cross_web import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.schema import BaseSchema
+from strawberry.types import ExecutionResult
+from strawberry.types.unset import UNSET
+
+from domain.errors import Code, DomainError
+from domain.events import SessionsEnded
+from domain.model import Principal
+from domain.text import has_lone_surrogate
+from infra.metrics import HTTP_REJECTIONS, WEBSOCKETS
+from resolvers.context import Context, Ports, bearer_token
+
+log = logging.getLogger(__name__)
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+CLOSE_SESSION_ENDED = 4401  # graphql-ws clients treat 4401 as final: refresh, then reconnect
+CLOSE_TRY_AGAIN = 1012  # "service restart": clients reconnect and resume from their cursor
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+_STATUS_CODES = {400: Code.BAD_REQUEST, 404: Code.NOT_FOUND, 405: Code.METHOD_NOT_ALLOWED,
+                 413: Code.PAYLOAD_TOO_LARGE, 415: Code.UNSUPPORTED_MEDIA_TYPE}
+
+
+def _contains_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return has_lone_surrogate(value)
+    if isinstance(value, dict):
+        return any(_contains_surrogate(k) or _contains_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_surrogate(v) for v in value)
+    return False
+
+
+def _wants_graphql_response(request: Request) -> bool:
+    return GRAPHQL_RESPONSE in request.headers.get("accept", "")
+
+
+class GraphQLApp(GraphQL[Context, None]):
+    """strawberry's ASGI app, stricter at the edges: bounded bodies, errors with codes on every path,
+    the graphql-response+json media type, authenticated sockets that close when their session ends."""
+
+    def __init__(
+        self, schema: BaseSchema, ports: Callable[[], Ports], *, production: bool, max_body_bytes: int,
+        allowed_origins: tuple[str, ...] = (), ping_seconds: float = 15,
+    ) -> None:
+        super().__init__(
+            schema, graphql_ide=None if production else "graphiql", keep_alive=True,
+            keep_alive_interval=ping_seconds, connection_init_wait_timeout=timedelta(seconds=10),
+            max_subscriptions_per_connection=100, allowed_origins=allowed_origins,
+        )
+        self._ports = ports
+        self._max_body = max_body_bytes
+        self._watchers: dict[int, asyncio.Task[None]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._serve_websocket(WebSocket(scope, receive=receive, send=send))
+            return
+        request = Request(scope, receive=receive)
+        try:
+            await self._check_request(request)
+            response = await self.run(request)
+        except HTTPException as exc:
+            response = self._error_response(request, exc.status_code, _STATUS_CODES.get(exc.status_code,
+                                            Code.BAD_REQUEST), exc.reason)
+        except HttpError as exc:
+            response = self._error_response(request, exc.status, exc.code, exc.message)
+        await response(scope, receive, send)
+
+    async def _check_request(self, request: Request) -> None:
+        if request.method not in ("GET", "POST"):
+            raise HttpError(405, Code.METHOD_NOT_ALLOWED, "GraphQL accepts GET and POST only")
+        if request.method == "GET":
+            raw = request.query_params.get("variables") or request.query_params.get("extensions")
+            self._check_document(self._parse(raw.encode()) if raw else None)
+            return
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise HttpError(415, Code.UNSUPPORTED_MEDIA_TYPE, "Send the request as application/json")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self._max_body:
+            raise HttpError(413, Code.PAYLOAD_TOO_LARGE, f"Request body is over {self._max_body} bytes")
+        body = bytearray()
+        async for chunk in request.stream():  # counted as it arrives: Content-Length may be absent
+            body += chunk
+            if len(body) > self._max_body:
+                raise HttpError(413, Code.PAYLOAD_TOO_LARGE, f"Request body is over {self._max_body} bytes")
+        request._body = bytes(body)  # starlette serves it from here to strawberry's parser
+        self._check_document(self._parse(bytes(body)))
+
+    @staticmethod
+    def _parse(raw: bytes) -> Any:
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise HttpError(400, Code.BAD_REQUEST, "Request body is not valid JSON") from None
+
+    @staticmethod
+    def _check_document(data: Any) -> None:
+        # A lone surrogate survives json.loads and then breaks the first UTF-8 encode far away.
+        if _contains_surrogate(data):
+            raise HttpError(400, Code.BAD_USER_INPUT, "Request contains an unpaired UTF-16 surrogate")
+
+    def _error_response(self, request: Request, status: int, code: Code, message: str) -> Response:
+        HTTP_REJECTIONS.labels(code.value).inc()
+        body = {"errors": [{"message": message, "extensions": {"code": code.value}}]}
+        media = GRAPHQL_RESPONSE if _wants_graphql_response(request) else "application/json"
+        return Response(json.dumps(body), status_code=status, media_type=media)
+
+    async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        client = request.client.host if request.client else "unknown"
+        header = None if isinstance(request, WebSocket) else request.headers.get("authorization")
+        return Context(self._ports(), client, uuid.uuid4().hex, bearer_token(header), transport=request)
+
+    async def get_sub_response(self, request: Request | WebSocket) -> Response:
+        sub_response = await super().get_sub_response(request)
+        request.state.sub_response = sub_response
+        return sub_response
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        data = await super().process_result(request, result)
+        if _wants_graphql_response(request):
+            request.state.graphql_response = True
+            # A request error (nothing executed) carries no data entry and a 400 under this media type.
+            if result.data is None and result.errors and all(e.path is None for e in result.errors):
+                data.pop("data", None)
+                request.state.sub_response.status_code = 400
+        return data
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        response = await super().run(request, context, root_value)
+        if isinstance(request, Request) and getattr(request.state, "graphql_response", False):
+            response.headers["content-type"] = GRAPHQL_RESPONSE
+        return response
+
+    async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
+        params = context.connection_params or {}
+        raw = params.get("Authorization") or params.get("authorization") or params.get("token")
+        token = bearer_token(raw) if isinstance(raw, str) else None
+        if token is None:
+            raise ConnectionRejectionError({"code": Code.UNAUTHENTICATED.value,
+                                            "message": "connection_init needs {Authorization: 'Bearer <token>'}"})
+        context.bearer = token
+        principal = await context.authenticate()
+        if principal is None:
+            reason = getattr(context.auth_error, "reason", "TOKEN_INVALID")
+            raise ConnectionRejectionError({"code": Code.UNAUTHENTICATED.value, "reason": reason})
+        ws = context.transport
+        self._watchers[id(ws)] = asyncio.create_task(self._watch_session(ws, principal))
+        return None
+
+    async def _serve_websocket(self, ws: WebSocket) -> None:
+        WEBSOCKETS.inc()
+        try:
+            await self.run(ws)
+        finally:
+            WEBSOCKETS.dec()
+            watcher = self._watchers.pop(id(ws), None)
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _watch_session(self, ws: WebSocket, principal: Principal) -> None:
+        ports = self._ports()
+        ttl = (principal.session_expires_at - ports.clock()).total_seconds()
+        code, reason = CLOSE_SESSION_ENDED, "Session expired"
+        try:
+            async with asyncio.timeout(max(ttl, 0)), ports.user_events.subscribe(principal.user_id) as events:
+                async for event in events:
+                    if isinstance(event, SessionsEnded) and event.covers(principal.session_id):
+                        reason = f"Session ended: {event.reason}"
+                        break
+        except TimeoutError:
+            pass
+        except DomainError:
+            # Without pub/sub this socket would not hear of a revocation: better closed than deaf.
+            code, reason = CLOSE_TRY_AGAIN, "Live events interrupted; reconnect"
+        with suppress(RuntimeError, OSError):
+            await ws.close(code, reason)

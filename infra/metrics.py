@@ -1,0 +1,41 @@
+import time
+from collections.abc import Iterator
+
+from graphql import ExecutionResult as CoreResult
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError
+from strawberry.types.execution import ExecutionResult
+
+REGISTRY = CollectorRegistry()
+OPERATIONS = Counter(
+    "graphql_operations", "GraphQL operations executed", ["operation", "type"], registry=REGISTRY
+)
+LATENCY = Histogram(
+    "graphql_operation_seconds", "GraphQL operation latency", ["operation", "type"], registry=REGISTRY,
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+ERRORS = Counter("graphql_errors", "GraphQL errors by code", ["code"], registry=REGISTRY)
+HTTP_REJECTIONS = Counter(
+    "http_rejected_requests", "Requests refused before GraphQL ran", ["code"], registry=REGISTRY
+)
+WEBSOCKETS = Gauge("websocket_connections", "Open WebSocket connections", registry=REGISTRY)
+
+
+class Metrics(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        ctx = self.execution_context
+        # Anonymous operations share one label, and names are capped: label values must stay few.
+        name = (ctx.operation_name or "anonymous")[:64]
+        try:
+            kind = ctx.operation_type.value
+        except (RuntimeError, CannotGetOperationTypeError):  # unparsable document or unknown operation
+            kind = "invalid"
+        OPERATIONS.labels(name, kind).inc()
+        LATENCY.labels(name, kind).observe(time.perf_counter() - started)
+        result = ctx.result
+        if isinstance(result, (ExecutionResult, CoreResult)):
+            for error in result.errors or ():
+                ERRORS.labels(str((error.extensions or {}).get("code", "UNKNOWN"))).inc()

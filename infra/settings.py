@@ -1,0 +1,100 @@
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    pass
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    try:
+        return default if raw in (None, "") else int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _list(name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path(".data")
+    database_url: str = ""
+    redis_url: str = ""
+    s3_endpoint_url: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "newfriends"
+    s3_region: str = "us-east-1"
+    # Every Redis key and channel starts with this, so several deployments (or test runs) can share
+    # one Redis without seeing each other.
+    redis_prefix: str = "nf:"
+    secret_key: str = field(default="", repr=False)
+    access_ttl: timedelta = timedelta(minutes=15)
+    refresh_ttl: timedelta = timedelta(days=30)
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    # Replicas that must confirm a write before it is acknowledged to a client (Redis WAIT).
+    ack_replicas: int = 0
+    ack_timeout_ms: int = 500
+    max_body_bytes: int = 1_000_000
+    trusted_proxies: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    db_pool_max: int = 10
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        env = os.environ.get("NEWFRIENDS_ENV", "development")
+        if env not in ("development", "production"):
+            raise ConfigError("NEWFRIENDS_ENV must be 'development' or 'production'")
+        settings = cls(
+            env=env,
+            host=os.environ.get("HOST", "127.0.0.1"),
+            port=_int("PORT", 8000),
+            data_dir=Path(os.environ.get("NEWFRIENDS_DATA_DIR", ".data")),
+            database_url=os.environ.get("DATABASE_URL", ""),
+            redis_url=os.environ.get("REDIS_URL", ""),
+            s3_endpoint_url=os.environ.get("S3_ENDPOINT_URL", ""),
+            s3_access_key=os.environ.get("S3_ACCESS_KEY", os.environ.get("AWS_ACCESS_KEY_ID", "")),
+            s3_secret_key=os.environ.get("S3_SECRET_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY", "")),
+            s3_bucket=os.environ.get("S3_BUCKET", "newfriends"),
+            s3_region=os.environ.get("S3_REGION", "us-east-1"),
+            redis_prefix=os.environ.get("REDIS_PREFIX", "nf:"),
+            secret_key=os.environ.get("NEWFRIENDS_SECRET_KEY", ""),
+            access_ttl=timedelta(seconds=_int("ACCESS_TOKEN_TTL_SECONDS", 900)),
+            refresh_ttl=timedelta(seconds=_int("REFRESH_TOKEN_TTL_SECONDS", 30 * 86400)),
+            argon2_time_cost=_int("ARGON2_TIME_COST", 3),
+            argon2_memory_kib=_int("ARGON2_MEMORY_KIB", 65536),
+            ack_replicas=_int("ACK_REPLICAS", 0),
+            ack_timeout_ms=_int("ACK_TIMEOUT_MS", 500),
+            max_body_bytes=_int("MAX_BODY_BYTES", 1_000_000),
+            trusted_proxies=_list("TRUSTED_PROXIES"),
+            allowed_origins=_list("ALLOWED_ORIGINS"),
+            db_pool_max=_int("DB_POOL_MAX", 10),
+        )
+        if settings.production and len(settings.secret_key) < 32:
+            raise ConfigError("NEWFRIENDS_SECRET_KEY (at least 32 characters) is required in production")
+        return settings
+
+    def with_dev_secret(self) -> "Settings":
+        # Development keeps a generated key in the data directory so tokens survive restarts.
+        if self.secret_key:
+            return self
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return replace(self, secret_key=path.read_text().strip())

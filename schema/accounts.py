@@ -1,0 +1,127 @@
+import datetime as dt
+from typing import Annotated
+
+import strawberry
+
+from domain.model import Gender, User, Visibility, age_on
+from domain.tags import BY_SLUG, Tag
+from schema.errors import AuthErrorGQL, InputErrorGQL
+
+GenderGQL = strawberry.enum(Gender, name="Gender")
+VisibilityGQL = strawberry.enum(
+    Visibility, name="Visibility", description="HIDDEN keeps you out of everyone's discovery."
+)
+
+
+@strawberry.type(name="InterestTag")
+class InterestTagGQL:
+    slug: str
+    label: str
+    category: str
+
+    @classmethod
+    def from_domain(cls, tag: Tag) -> "InterestTagGQL":
+        return cls(slug=tag.slug, label=tag.label, category=tag.category)
+
+
+def _tags(slugs: tuple[str, ...]) -> list[InterestTagGQL]:
+    return [InterestTagGQL.from_domain(BY_SLUG[s]) for s in slugs if s in BY_SLUG]
+
+
+@strawberry.type(name="DiscoverySettings")
+class DiscoverySettingsGQL:
+    age_min: int
+    age_max: int
+    max_distance_km: int
+
+
+@strawberry.type(name="Me", description="The signed-in account, with its private fields.")
+class MeGQL:
+    id: strawberry.ID
+    email: str
+    display_name: str
+    birth_date: dt.date
+    age: int
+    gender: Gender
+    bio: str
+    show_me: list[Gender]
+    interest_tags: list[InterestTagGQL]
+    discovery: DiscoverySettingsGQL
+    visibility: Visibility
+    created_at: dt.datetime
+
+    @classmethod
+    def from_domain(cls, user: User, today: dt.date) -> "MeGQL":
+        return cls(
+            id=strawberry.ID(str(user.id)), email=user.email, display_name=user.display_name,
+            birth_date=user.birth_date, age=age_on(user.birth_date, today), gender=user.gender, bio=user.bio,
+            show_me=sorted(user.show_me, key=lambda g: g.value), interest_tags=_tags(user.interest_tags),
+            discovery=DiscoverySettingsGQL(
+                age_min=user.discovery.age_min, age_max=user.discovery.age_max,
+                max_distance_km=user.discovery.max_distance_km,
+            ),
+            visibility=user.visibility, created_at=user.created_at,
+        )
+
+
+@strawberry.type(
+    name="Person",
+    description="Another user as everyone may see them: no email, birth date, position or distance.",
+)
+class PersonGQL:
+    id: strawberry.ID
+    display_name: str
+    age: int
+    gender: Gender
+    bio: str
+    interest_tags: list[InterestTagGQL]
+
+    @classmethod
+    def from_domain(cls, user: User, today: dt.date) -> "PersonGQL":
+        return cls(
+            id=strawberry.ID(str(user.id)), display_name=user.display_name, age=age_on(user.birth_date, today),
+            gender=user.gender, bio=user.bio, interest_tags=_tags(user.interest_tags),
+        )
+
+
+@strawberry.type(name="AuthPayload")
+class AuthPayloadGQL:
+    access_token: str
+    access_token_expires_at: dt.datetime
+    refresh_token: str = strawberry.field(description="Single use: every refresh returns a new one.")
+    refresh_token_expires_at: dt.datetime
+    me: MeGQL
+
+
+@strawberry.type(name="Done")
+class DoneGQL:
+    ok: bool = True
+
+
+@strawberry.input(name="SignUpInput")
+class SignUpInput:
+    email: str
+    password: str = strawberry.field(description="8 to 128 characters.")
+    display_name: str
+    birth_date: dt.date = strawberry.field(description="You must be 18 or older.")
+    gender: Gender
+
+
+@strawberry.input(name="ProfileInput", description="Fields left out stay as they are.")
+class ProfileInput:
+    display_name: str | None = None
+    bio: str | None = strawberry.field(default=None, description="Up to 500 characters.")
+    gender: Gender | None = None
+    show_me: list[Gender] | None = strawberry.field(default=None, description="Genders you want to be shown.")
+    interest_tags: list[str] | None = strawberry.field(
+        default=None, description="Slugs or labels from `interestTags`, at most 10."
+    )
+    age_min: int | None = None
+    age_max: int | None = None
+    max_distance_km: int | None = None
+    visibility: Visibility | None = None
+
+
+AuthResult = Annotated[AuthPayloadGQL | InputErrorGQL | AuthErrorGQL, strawberry.union("AuthResult")]
+DeleteAccountResult = Annotated[DoneGQL | AuthErrorGQL, strawberry.union("DeleteAccountResult")]
+UpdateProfileResult = Annotated[MeGQL | InputErrorGQL, strawberry.union("UpdateProfileResult")]

@@ -1,0 +1,14 @@
+from typing import Annotated
+
+import strawberry
+
+from schema.accounts import MeGQL
+
+
+@strawberry.type(name="ProfileChanged", description="Your profile changed (possibly on another device).")
+class ProfileChangedGQL:
+    me: MeGQL
+
+
+# Later features add their events here (matches, messages, ...): clients switch on __typename.
+MyEvent = Annotated[ProfileChangedGQL, strawberry.union("MyEvent")]

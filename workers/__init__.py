@@ -1,0 +1,13 @@
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from infra.settings import Settings
+
+WorkerMain = Callable[[Settings], Coroutine[Any, Any, None]]
+
+
+def registry() -> dict[str, WorkerMain]:
+    # Imported lazily so that `newfriends worker X` loads only what X needs.
+    from workers import janitor
+
+    return {"janitor": janitor.main}
