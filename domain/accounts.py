@@ -89,9 +89,9 @@ def _uuid_or_none(hex_: str) -> uuid.UUID | None:
         return None
 
 
-async def _open_session(deps: AuthDeps, user_id: uuid.UUID, now: datetime) -> Tokens:
+async def _open_session(deps: AuthDeps, user_id: uuid.UUID, now: datetime, client_ip: str | None) -> Tokens:
     secret = secrets.token_urlsafe(32)
-    session = Session(new_id(), user_id, _hash_secret(secret), now + deps.refresh_ttl)
+    session = Session(new_id(), user_id, _hash_secret(secret), now + deps.refresh_ttl, client_ip)
     await deps.sessions.create(session, now)
     return _tokens(deps, session, secret, now)
 
@@ -101,17 +101,21 @@ def _tokens(deps: AuthDeps, session: Session, secret: str, now: datetime) -> Tok
     return Tokens(access, access_exp, _refresh_token(session, secret), session.expires_at)
 
 
-async def sign_up(deps: AuthDeps, cmd: SignUp, now: datetime) -> tuple[User, Tokens]:
+async def sign_up(
+    deps: AuthDeps, cmd: SignUp, now: datetime, client_ip: str | None = None
+) -> tuple[User, Tokens]:
     email = normalise_email(cmd.email)
     check_password(cmd.password)
     check_birth_date(cmd.birth_date, now.date())
     user = User(new_id(), email, display_name(cmd.display_name), cmd.birth_date, cmd.gender, now)
     if not await deps.users.create(user, await deps.hasher.hash(cmd.password)):
         raise AuthError(Code.EMAIL_TAKEN, "An account with this email already exists", "email")
-    return user, await _open_session(deps, user.id, now)
+    return user, await _open_session(deps, user.id, now, client_ip)
 
 
-async def log_in(deps: AuthDeps, email: str, password: str, now: datetime) -> tuple[User, Tokens]:
+async def log_in(
+    deps: AuthDeps, email: str, password: str, now: datetime, client_ip: str | None = None
+) -> tuple[User, Tokens]:
     failed = AuthError(Code.INVALID_CREDENTIALS, "Email or password is wrong")
     try:
         key = normalise_email(email)
@@ -127,7 +131,7 @@ async def log_in(deps: AuthDeps, email: str, password: str, now: datetime) -> tu
         raise failed
     if deps.hasher.needs_rehash(stored):
         await deps.users.set_password_hash(user.id, await deps.hasher.hash(password))
-    return user, await _open_session(deps, user.id, now)
+    return user, await _open_session(deps, user.id, now, client_ip)
 
 
 async def refresh(deps: AuthDeps, token: str, now: datetime) -> tuple[User, Tokens]:

@@ -47,6 +47,7 @@ class Session:
     user_id: uuid.UUID
     refresh_hash: bytes
     expires_at: datetime
+    client_ip: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 from cross_web import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -55,6 +55,15 @@ def _contains_surrogate(value: Any) -> bool:
 
 def _wants_graphql_response(request: Request) -> bool:
     return GRAPHQL_RESPONSE in request.headers.get("accept", "")
+
+
+_GRAPHIQL_PATCHES = (
+    ("subscriptionUrl,\n", ("        wsConnectionParams: () => { try { return JSON.parse(window.nfHeaders || '{}'); }"
+                            " catch (e) { return {}; } },\n")),
+    ("function onEditHeaders(newHeaders) {", " window.nfHeaders = newHeaders;"),
+    ("const [headers, setHeaders] = React.useState(parameters.headers);",
+     " window.nfHeaders = parameters.headers;"),
+)
 
 
 class GraphQLApp(GraphQL[Context, None]):
@@ -128,6 +137,15 @@ class GraphQLApp(GraphQL[Context, None]):
         body = {"errors": [{"message": message, "extensions": {"code": code.value}}]}
         media = GRAPHQL_RESPONSE if _wants_graphql_response(request) else "application/json"
         return Response(json.dumps(body), status_code=status, media_type=media)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        # GraphiQL sends its Headers tab with HTTP requests but not in the WebSocket connection_init,
+        # so subscriptions would arrive unauthenticated; hand it the same headers for sockets too.
+        html = self.graphql_ide_html
+        for anchor, addition in _GRAPHIQL_PATCHES:
+            if anchor in html:
+                html = html.replace(anchor, anchor + addition, 1)
+        return HTMLResponse(html)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         client = request.client.host if request.client else "unknown"

@@ -1,3 +1,4 @@
+import ipaddress
 import uuid
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,13 @@ def _profile_values(user: User) -> list[Any]:
         list(user.interest_tags), user.discovery.age_min, user.discovery.age_max,
         user.discovery.max_distance_km, user.visibility.value,
     ]
+
+
+def _inet(address: str | None) -> str | None:
+    try:
+        return None if address is None else str(ipaddress.ip_address(address))
+    except ValueError:
+        return None  # e.g. "unknown" behind an ASGI server that gives no peer address
 
 
 class PgUsers:
@@ -115,9 +123,9 @@ class PgSessions:
 
     async def create(self, session: Session, now: datetime) -> None:
         await self._pool.execute(
-            "INSERT INTO sessions (user_id, id, refresh_hash, created_at, refreshed_at, expires_at)"
-            " VALUES ($1, $2, $3, $4, $4, $5)",
-            session.user_id, session.id, session.refresh_hash, now, session.expires_at,
+            "INSERT INTO sessions (user_id, id, refresh_hash, created_at, refreshed_at, expires_at, created_ip)"
+            " VALUES ($1, $2, $3, $4, $4, $5, $6)",
+            session.user_id, session.id, session.refresh_hash, now, session.expires_at, _inet(session.client_ip),
         )
 
     async def rotate(

@@ -1,3 +1,5 @@
+import strawberry
+
 from domain import accounts
 from domain.errors import DomainError, NotFound
 from domain.ids import parse_id
@@ -29,7 +31,7 @@ async def sign_up(info: Info, input: SignUpInput) -> AuthResult:
     ports = info.context.ports
     cmd = accounts.SignUp(input.email, input.password, input.display_name, input.birth_date, input.gender)
     try:
-        user, tokens = await accounts.sign_up(ports.auth, cmd, ports.clock())
+        user, tokens = await accounts.sign_up(ports.auth, cmd, ports.clock(), info.context.client_ip)
     except DomainError as exc:
         return error_member(exc)
     return _payload(info, user, tokens)
@@ -38,7 +40,7 @@ async def sign_up(info: Info, input: SignUpInput) -> AuthResult:
 async def log_in(info: Info, email: str, password: str) -> AuthResult:
     ports = info.context.ports
     try:
-        user, tokens = await accounts.log_in(ports.auth, email, password, ports.clock())
+        user, tokens = await accounts.log_in(ports.auth, email, password, ports.clock(), info.context.client_ip)
     except DomainError as exc:
         return error_member(exc)
     return _payload(info, user, tokens)
@@ -85,7 +87,7 @@ async def me(info: Info) -> MeGQL:
     return MeGQL.from_domain(user, info.context.ports.clock().date())
 
 
-async def person(info: Info, id: str) -> PersonGQL | None:
+async def person(info: Info, id: strawberry.ID) -> PersonGQL | None:
     await info.context.require_user()
     user_id = parse_id(id)
     user = None if user_id is None else await info.context.loaders.users.load(user_id)

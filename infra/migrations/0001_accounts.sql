@@ -36,6 +36,9 @@ CREATE TABLE sessions (
     refreshed_at      timestamptz NOT NULL,
     expires_at        timestamptz NOT NULL,
     revoked_at        timestamptz,
+    -- Where the session began (the client's address as the trusted edge saw it): for the
+    -- account's security view and for coarse IP geolocation.
+    created_ip        inet,
     PRIMARY KEY (user_id, id)
 );
 CREATE INDEX sessions_expiry ON sessions (expires_at);

