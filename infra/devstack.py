@@ -89,7 +89,7 @@ def _postgres_bin() -> Path:
     return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
 
 
-def _redis_server() -> str:
+def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
@@ -257,7 +257,7 @@ class EmbeddedStack:
         data = self._dir / "redis"
         data.mkdir(exist_ok=True)
         self._reap_leftover("redis")
-        server = _redis_server()
+        server = redis_server_binary()
         port = self._launch(
             "redis",
             lambda port: [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
@@ -319,7 +319,7 @@ class EmbeddedStack:
                 process = subprocess.Popen(
                     command(port), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                     start_new_session=True, pass_fds=fds, **_run_as(user),
-                    preexec_fn=_die_with_parent(stop_signal),  # noqa: PLW1509
+                    preexec_fn=_die_with_parent(stop_signal),
                 )
             self._children.append(_Child(name, process, stop_signal))
             self._write_record(name, process.pid)

@@ -7,6 +7,7 @@ import pytest
 from infra.app import Runtime, open_runtime
 from infra.db import migrate
 from infra.settings import Settings
+from tests.private_redis import PrivateRedis
 from tests.services import TestServices, test_services
 
 
@@ -50,6 +51,17 @@ async def migrated(settings: Settings) -> None:
 async def runtime(settings: Settings, migrated: None) -> AsyncIterator[Runtime]:
     async with open_runtime(settings) as opened:
         yield opened
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    """A redis-server of the test's own, to kill, pause and restart."""
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ import psutil
 from infra.devstack import free_port
 from tests.e2e.conftest import gql, sign_up
 
-LOG_IN = 'mutation($e: String!, $p: String!) { logIn(email: $e, password: $p) { __typename ... on AuthPayload { me { id } } } }'
+LOG_IN = ('mutation($e: String!, $p: String!) { logIn(email: $e, password: $p) {'
+          ' __typename ... on AuthPayload { me { id } } } }')
 SERVICE_URLS = ("DATABASE_URL", "REDIS_URL", "S3_ENDPOINT_URL")
 
 

