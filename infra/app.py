@@ -88,7 +88,7 @@ def create_app(settings: Settings) -> Starlette:
     graphql = GraphQLApp(
         build_schema(production=settings.production, extensions=[Metrics]), runtime.require_ports,
         production=settings.production, max_body_bytes=settings.max_body_bytes,
-        allowed_origins=settings.allowed_origins,
+        allowed_origins=settings.allowed_origins, init_timeout_seconds=settings.ws_init_timeout_seconds,
     )
     middleware = []
     if settings.allowed_origins:

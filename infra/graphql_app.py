@@ -72,15 +72,16 @@ class GraphQLApp(GraphQL[Context, None]):
 
     def __init__(
         self, schema: BaseSchema, ports: Callable[[], Ports], *, production: bool, max_body_bytes: int,
-        allowed_origins: tuple[str, ...] = (), ping_seconds: float = 15,
+        allowed_origins: tuple[str, ...] = (), ping_seconds: float = 15, init_timeout_seconds: float = 10,
     ) -> None:
         super().__init__(
             schema, graphql_ide=None if production else "graphiql", keep_alive=True,
-            keep_alive_interval=ping_seconds, connection_init_wait_timeout=timedelta(seconds=10),
+            keep_alive_interval=ping_seconds, connection_init_wait_timeout=timedelta(seconds=init_timeout_seconds),
             max_subscriptions_per_connection=100, allowed_origins=allowed_origins,
         )
         self._ports = ports
         self._max_body = max_body_bytes
+        self._init_timeout = init_timeout_seconds
         self._watchers: dict[int, asyncio.Task[None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -191,13 +192,26 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def _serve_websocket(self, ws: WebSocket) -> None:
         WEBSOCKETS.inc()
+        # The legacy graphql-ws protocol has no init deadline of its own: an unauthenticated
+        # socket must not be able to sit here forever.
+        deadline = asyncio.get_running_loop().call_later(self._init_timeout, self._close_if_anonymous, ws)
         try:
             await self.run(ws)
         finally:
+            deadline.cancel()
             WEBSOCKETS.dec()
             watcher = self._watchers.pop(id(ws), None)
             if watcher is not None:
                 watcher.cancel()
+
+    def _close_if_anonymous(self, ws: WebSocket) -> None:
+        if id(ws) not in self._watchers:
+            self._watchers[id(ws)] = asyncio.create_task(self._close(ws, 4408, "Connection initialisation timeout"))
+
+    @staticmethod
+    async def _close(ws: WebSocket, code: int, reason: str) -> None:
+        with suppress(RuntimeError, OSError):
+            await ws.close(code, reason)
 
     async def _watch_session(self, ws: WebSocket, principal: Principal) -> None:
         ports = self._ports()
@@ -214,5 +228,4 @@ class GraphQLApp(GraphQL[Context, None]):
         except DomainError:
             # Without pub/sub this socket would not hear of a revocation: better closed than deaf.
             code, reason = CLOSE_TRY_AGAIN, "Live events interrupted; reconnect"
-        with suppress(RuntimeError, OSError):
-            await ws.close(code, reason)
+        await self._close(ws, code, reason)

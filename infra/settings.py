@@ -49,6 +49,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     db_pool_max: int = 10
+    ws_init_timeout_seconds: int = 10
 
     @property
     def production(self) -> bool:
@@ -83,6 +84,7 @@ class Settings:
             trusted_proxies=_list("TRUSTED_PROXIES"),
             allowed_origins=_list("ALLOWED_ORIGINS"),
             db_pool_max=_int("DB_POOL_MAX", 10),
+            ws_init_timeout_seconds=_int("WS_INIT_TIMEOUT_SECONDS", 10),
         )
         if settings.production and len(settings.secret_key) < 32:
             raise ConfigError("NEWFRIENDS_SECRET_KEY (at least 32 characters) is required in production")

@@ -1,3 +1,4 @@
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -66,21 +67,25 @@ class Context:
     connection_params: dict[str, Any] | None = None
     principal: Principal | None = None
     auth_error: DomainError | None = None
-    _authenticated: bool = False
+    _checked: "asyncio.Future[None] | None" = None
 
     def __post_init__(self) -> None:
         self.loaders = Loaders(self.ports)
 
     async def authenticate(self) -> Principal | None:
-        # Lazy: public fields cost nothing, and a bad token only fails the fields that need one.
-        if not self._authenticated:
-            self._authenticated = True
-            if self.bearer is not None:
-                try:
-                    self.principal = await authenticate(self.ports.auth, self.bearer, self.ports.clock())
-                except Unauthenticated as exc:
-                    self.auth_error = exc
+        # Lazy, so public fields cost nothing and a bad token fails only the fields that need one;
+        # shared, so sibling resolvers running concurrently wait for the one check in flight.
+        if self._checked is None:
+            self._checked = asyncio.ensure_future(self._check())
+        await asyncio.shield(self._checked)
         return self.principal
+
+    async def _check(self) -> None:
+        if self.bearer is not None:
+            try:
+                self.principal = await authenticate(self.ports.auth, self.bearer, self.ports.clock())
+            except Unauthenticated as exc:
+                self.auth_error = exc
 
     async def require_user(self) -> Principal:
         principal = await self.authenticate()

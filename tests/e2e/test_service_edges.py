@@ -1,4 +1,6 @@
+import asyncio
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -6,9 +8,10 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import websockets
 
 from infra.settings import Settings
-from tests.e2e.conftest import gql, running_server, sign_up
+from tests.e2e.conftest import gql, running_server, sign_up, ws_url
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +105,15 @@ async def test_unexpected_failures_are_masked_with_an_id(api: str, settings: Set
     assert error["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
     assert error["extensions"]["errorId"] in error["message"]
     assert "NOT A GENDER" not in str(body) and "Traceback" not in str(body)
+
+
+async def test_sockets_that_never_initialise_are_closed(settings: Settings, edge_dir: Path) -> None:
+    with running_server(settings, edge_dir, WS_INIT_TIMEOUT_SECONDS="1") as base:
+        for protocol in ("graphql-ws", "graphql-transport-ws"):
+            async with websockets.connect(ws_url(base), subprotocols=[protocol]) as ws:
+                started = time.monotonic()
+                with pytest.raises(websockets.ConnectionClosed):
+                    async with asyncio.timeout(10):
+                        await ws.recv()
+                assert ws.close_code == 4408, protocol
+                assert time.monotonic() - started < 5
