@@ -2,7 +2,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
@@ -11,11 +11,13 @@ from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
+from starlette.websockets import WebSocket, WebSocketState
+from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import BaseSchema
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET
 
@@ -29,7 +31,7 @@ from resolvers.context import Context, Ports, bearer_token
 log = logging.getLogger(__name__)
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
-CLOSE_SESSION_ENDED = 4401  # graphql-ws clients treat 4401 as final: refresh, then reconnect
+CLOSE_UNAUTHORIZED = 4401  # graphql-ws clients treat 4401 as final: refresh, then reconnect
 CLOSE_TRY_AGAIN = 1012  # "service restart": clients reconnect and resume from their cursor
 
 
@@ -66,9 +68,24 @@ _GRAPHIQL_PATCHES = (
 )
 
 
+class _Socket(ASGIWebSocketAdapter):
+    # A socket this app already closed (a refused init, an ended session) must not make strawberry
+    # fail when it then tries to answer or close it as well.
+    async def send_json(self, message: Mapping[str, object]) -> None:
+        if self.ws.application_state == WebSocketState.DISCONNECTED:
+            raise WebSocketDisconnected()
+        await super().send_json(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.ws.application_state != WebSocketState.DISCONNECTED:
+            await super().close(code, reason)
+
+
 class GraphQLApp(GraphQL[Context, None]):
     """strawberry's ASGI app, stricter at the edges: bounded bodies, errors with codes on every path,
     the graphql-response+json media type, authenticated sockets that close when their session ends."""
+
+    websocket_adapter_class = _Socket  # type: ignore[assignment]
 
     def __init__(
         self, schema: BaseSchema, ports: Callable[[], Ports], *, production: bool, max_body_bytes: int,
@@ -174,6 +191,11 @@ class GraphQLApp(GraphQL[Context, None]):
             response.headers["content-type"] = GRAPHQL_RESPONSE
         return response
 
+    async def pick_websocket_subprotocol(self, request: WebSocket) -> str | None:
+        chosen = await super().pick_websocket_subprotocol(request)
+        request.state.subprotocol = chosen
+        return chosen
+
     async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
         params = context.connection_params or {}
         raw = params.get("Authorization") or params.get("authorization") or params.get("token")
@@ -185,6 +207,11 @@ class GraphQLApp(GraphQL[Context, None]):
         principal = await context.authenticate()
         if principal is None:
             reason = getattr(context.auth_error, "reason", "TOKEN_INVALID")
+            ws = context.transport
+            if getattr(ws.state, "subprotocol", None) == GRAPHQL_TRANSPORT_WS_PROTOCOL:
+                # strawberry would close with 4403, which graphql-ws clients retry with the same
+                # token; 4401 is final for them, and the reason says whether a refresh can help.
+                await ws.close(CLOSE_UNAUTHORIZED, reason)
             raise ConnectionRejectionError({"code": Code.UNAUTHENTICATED.value, "reason": reason})
         ws = context.transport
         self._watchers[id(ws)] = asyncio.create_task(self._watch_session(ws, principal))
@@ -216,7 +243,7 @@ class GraphQLApp(GraphQL[Context, None]):
     async def _watch_session(self, ws: WebSocket, principal: Principal) -> None:
         ports = self._ports()
         ttl = (principal.session_expires_at - ports.clock()).total_seconds()
-        code, reason = CLOSE_SESSION_ENDED, "Session expired"
+        code, reason = CLOSE_UNAUTHORIZED, "Session expired"
         try:
             async with asyncio.timeout(max(ttl, 0)), ports.user_events.subscribe(principal.user_id) as events:
                 async for event in events:
