@@ -164,8 +164,8 @@ def _http_answers(port: int) -> bool:
         conn.close()
 
 
-def _redis_answers(port: int) -> bool:
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         return bool(client.ping())
     except redis.RedisError:
@@ -262,7 +262,7 @@ class EmbeddedStack:
             "redis",
             lambda port: [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
                           "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
-            _redis_answers,
+            lambda port: redis_answers(f"redis://127.0.0.1:{port}/0"),
         )
         return f"redis://127.0.0.1:{port}/0"
 

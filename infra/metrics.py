@@ -22,13 +22,27 @@ HTTP_REJECTIONS = Counter(
 WEBSOCKETS = Gauge("websocket_connections", "Open WebSocket connections", registry=REGISTRY)
 
 
+# Operation names come from clients; past this many distinct ones, new names count as "other" so
+# that nobody can grow the process's memory by inventing names.
+MAX_OPERATION_NAMES = 500
+_seen_names: set[str] = set()
+
+
+def operation_label(name: str | None) -> str:
+    label = (name or "anonymous")[:64]
+    if label not in _seen_names:
+        if len(_seen_names) >= MAX_OPERATION_NAMES:
+            return "other"
+        _seen_names.add(label)
+    return label
+
+
 class Metrics(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
         started = time.perf_counter()
         yield
         ctx = self.execution_context
-        # Anonymous operations share one label, and names are capped: label values must stay few.
-        name = (ctx.operation_name or "anonymous")[:64]
+        name = operation_label(ctx.operation_name)
         try:
             kind = ctx.operation_type.value
         except (RuntimeError, CannotGetOperationTypeError):  # unparsable document or unknown operation

@@ -14,7 +14,7 @@ import asyncpg
 import redis
 from botocore.exceptions import ClientError
 
-from infra.devstack import EmbeddedStack, s3_client
+from infra.devstack import EmbeddedStack, redis_answers, s3_client
 
 LOCAL_POSTGRES_USERS = ("postgres", "root")
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -71,16 +71,6 @@ def _local_postgres() -> str | None:
         if _run(_pg_answers(url)):
             return url
     return None
-
-
-def _redis_answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
 
 
 def _with_database(url: str, name: str) -> str:
@@ -146,7 +136,8 @@ def test_services(tmp_dir: Path) -> Iterator[TestServices]:
     with ExitStack() as cleanup:
         # Configured servers first, then the usual local ones, then our own: a fresh machine has none.
         admin_url = env.get("TEST_DATABASE_URL") or _local_postgres() or ""
-        redis_url = env.get("TEST_REDIS_URL") or (LOCAL_REDIS_URL if _redis_answers(LOCAL_REDIS_URL) else "")
+        local_redis = LOCAL_REDIS_URL if redis_answers(LOCAL_REDIS_URL, PROBE_TIMEOUT) else ""
+        redis_url = env.get("TEST_REDIS_URL") or local_redis
         s3_endpoint = env.get("TEST_S3_ENDPOINT_URL", "")
         s3_keys = (env.get("TEST_S3_ACCESS_KEY", ""), env.get("TEST_S3_SECRET_KEY", ""))
         if not (admin_url and redis_url and s3_endpoint):

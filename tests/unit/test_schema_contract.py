@@ -34,3 +34,11 @@ def test_suggestions_hidden_in_production() -> None:
     error = GraphQLError("Cannot query field 'mee' on type 'Query'. Did you mean 'me'?")
     assert classify(error, hide_suggestions=True).message == "Cannot query field 'mee' on type 'Query'."
     assert (classify(error, hide_suggestions=False).extensions or {})["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+def test_operation_names_cannot_grow_metrics_without_bound() -> None:
+    from infra import metrics
+
+    labels = {metrics.operation_label(f"op{i}") for i in range(metrics.MAX_OPERATION_NAMES + 50)}
+    assert len(labels) <= metrics.MAX_OPERATION_NAMES + 1 and "other" in labels
+    assert metrics.operation_label(None) in ("anonymous", "other")
