@@ -75,7 +75,7 @@ def _refresh_token(session: Session, secret: str) -> str:
 
 def _parse_refresh_token(token: str) -> tuple[uuid.UUID, uuid.UUID, str]:
     parts = token.split(".")
-    if len(parts) == 3 and 20 <= len(parts[2]) <= 100:
+    if token.isascii() and len(parts) == 3 and 20 <= len(parts[2]) <= 100:
         user_id, session_id = _uuid_or_none(parts[0]), _uuid_or_none(parts[1])
         if user_id and session_id:
             return user_id, session_id, parts[2]
@@ -166,9 +166,14 @@ async def authenticate(deps: AuthDeps, access_token: str, now: datetime) -> Prin
 
 
 async def delete_account(deps: AuthDeps, principal: Principal, password: str, now: datetime) -> None:
+    wrong = AuthError(Code.INVALID_CREDENTIALS, "Password is wrong", "password")
+    try:
+        check_password(password)
+    except InputError:
+        raise wrong from None
     stored = await deps.users.password_hash(principal.user_id)
     if stored is None or not await deps.hasher.verify(stored, password):
-        raise AuthError(Code.INVALID_CREDENTIALS, "Password is wrong", "password")
+        raise wrong
     await deps.users.delete(principal.user_id, now)
     await end_sessions(deps, principal.user_id, None, now, "account deleted")
 

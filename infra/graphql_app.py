@@ -46,12 +46,18 @@ _STATUS_CODES = {400: Code.BAD_REQUEST, 404: Code.NOT_FOUND, 405: Code.METHOD_NO
 
 
 def _contains_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        return has_lone_surrogate(value)
-    if isinstance(value, dict):
-        return any(_contains_surrogate(k) or _contains_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_surrogate(v) for v in value)
+    # Iterative: JSON nests deeper than Python's recursion limit long before 1 MB.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if has_lone_surrogate(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
 
 
@@ -135,7 +141,10 @@ class GraphQLApp(GraphQL[Context, None]):
             if len(body) > self._max_body:
                 raise HttpError(413, Code.PAYLOAD_TOO_LARGE, f"Request body is over {self._max_body} bytes")
         request._body = bytes(body)  # starlette serves it from here to strawberry's parser
-        self._check_document(self._parse(bytes(body)))
+        document = self._parse(bytes(body))
+        if not isinstance(document, dict | list):
+            raise HttpError(400, Code.BAD_REQUEST, "Request body must be a JSON object")
+        self._check_document(document)
 
     @staticmethod
     def _parse(raw: bytes) -> Any:
@@ -199,21 +208,17 @@ class GraphQLApp(GraphQL[Context, None]):
     async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
         params = context.connection_params or {}
         raw = params.get("Authorization") or params.get("authorization") or params.get("token")
-        token = bearer_token(raw) if isinstance(raw, str) else None
-        if token is None:
-            raise ConnectionRejectionError({"code": Code.UNAUTHENTICATED.value,
-                                            "message": "connection_init needs {Authorization: 'Bearer <token>'}"})
-        context.bearer = token
+        context.bearer = bearer_token(raw) if isinstance(raw, str) else None
         principal = await context.authenticate()
+        ws = context.transport
         if principal is None:
-            reason = getattr(context.auth_error, "reason", "TOKEN_INVALID")
-            ws = context.transport
+            reason = getattr(context.auth_error, "reason", "SIGN_IN_REQUIRED")
             if getattr(ws.state, "subprotocol", None) == GRAPHQL_TRANSPORT_WS_PROTOCOL:
                 # strawberry would close with 4403, which graphql-ws clients retry with the same
                 # token; 4401 is final for them, and the reason says whether a refresh can help.
                 await ws.close(CLOSE_UNAUTHORIZED, reason)
-            raise ConnectionRejectionError({"code": Code.UNAUTHENTICATED.value, "reason": reason})
-        ws = context.transport
+            raise ConnectionRejectionError({"code": Code.UNAUTHENTICATED.value, "reason": reason,
+                                            "message": "connection_init needs {Authorization: 'Bearer <token>'}"})
         self._watchers[id(ws)] = asyncio.create_task(self._watch_session(ws, principal))
         return None
 
