@@ -30,7 +30,7 @@ test: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/mypy domain resolvers schema infra workers
+	$(BIN)/mypy domain resolvers schema infra workers tests
 
 # Regenerates the exported SDL after a schema change (a test fails while it is stale).
 schema: $(VENV)/.installed-run

@@ -110,7 +110,7 @@ async def test_unexpected_failures_are_masked_with_an_id(api: str, settings: Set
 async def test_sockets_that_never_initialise_are_closed(settings: Settings, edge_dir: Path) -> None:
     with running_server(settings, edge_dir, WS_INIT_TIMEOUT_SECONDS="1") as base:
         for protocol in ("graphql-ws", "graphql-transport-ws"):
-            async with websockets.connect(ws_url(base), subprotocols=[protocol]) as ws:
+            async with websockets.connect(ws_url(base), subprotocols=[websockets.Subprotocol(protocol)]) as ws:
                 started = time.monotonic()
                 with pytest.raises(websockets.ConnectionClosed):
                     async with asyncio.timeout(10):
