@@ -16,7 +16,8 @@ async def test_sockets_close_with_try_again_when_redis_goes_away(
     # Without pub/sub a socket would not hear of revocations or events: it must close, not go deaf.
     with running_server(settings, tmp_path, REDIS_URL=private_redis.url) as base:
         account = await sign_up(base)
-        async with websockets.connect(ws_url(base), subprotocols=[websockets.Subprotocol("graphql-transport-ws")]) as ws:
+        protocol = websockets.Subprotocol("graphql-transport-ws")
+        async with websockets.connect(ws_url(base), subprotocols=[protocol]) as ws:
             await ws.send(json.dumps({"type": "connection_init",
                                       "payload": {"Authorization": f"Bearer {account.access_token}"}}))
             assert json.loads(await ws.recv())["type"] == "connection_ack"
