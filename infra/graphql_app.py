@@ -126,8 +126,9 @@ class GraphQLApp(GraphQL[Context, None]):
         if request.method not in ("GET", "POST"):
             raise HttpError(405, Code.METHOD_NOT_ALLOWED, "GraphQL accepts GET and POST only")
         if request.method == "GET":
-            raw = request.query_params.get("variables") or request.query_params.get("extensions")
-            self._check_document(self._parse(raw.encode()) if raw else None)
+            for name in ("variables", "extensions"):
+                raw = request.query_params.get(name)
+                self._check_document(self._parse(raw.encode()) if raw else None)
             return
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
