@@ -17,6 +17,11 @@ class Code(str, Enum):
     TOO_MANY_TAGS = "TOO_MANY_TAGS"
     INVALID_AGE_RANGE = "INVALID_AGE_RANGE"
     INVALID_DISTANCE = "INVALID_DISTANCE"
+    CANNOT_SWIPE_SELF = "CANNOT_SWIPE_SELF"
+    NOTHING_TO_UNDO = "NOTHING_TO_UNDO"
+    ALREADY_MATCHED = "ALREADY_MATCHED"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    INVALID_CURSOR = "INVALID_CURSOR"
     # State conflicts.
     EMAIL_TAKEN = "EMAIL_TAKEN"
     INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
@@ -59,6 +64,12 @@ class AuthError(DomainError):
 class NotFound(DomainError):
     def __init__(self, what: str = "Object") -> None:
         super().__init__(Code.NOT_FOUND, f"{what} not found")
+
+
+class LimitReached(DomainError):
+    def __init__(self, code: Code, message: str, retry_after_seconds: int) -> None:
+        super().__init__(code, message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class Unauthenticated(DomainError):

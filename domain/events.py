@@ -19,4 +19,18 @@ class ProfileChanged:
     user_id: uuid.UUID
 
 
-UserEvent = SessionsEnded | ProfileChanged
+@dataclass(frozen=True)
+class MatchCreated:
+    user_id: uuid.UUID
+    match_id: uuid.UUID
+    other_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class MatchEnded:
+    user_id: uuid.UUID
+    match_id: uuid.UUID
+    other_id: uuid.UUID
+
+
+UserEvent = SessionsEnded | ProfileChanged | MatchCreated | MatchEnded

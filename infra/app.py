@@ -1,8 +1,10 @@
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -14,15 +16,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from domain.swipes import Limits, SwipeDeps
 from infra.broadcast import make_broadcast
 from infra.db import open_pool
 from infra.events import UserChannels
 from infra.graphql_app import GraphQLApp
 from infra.metrics import REGISTRY, Metrics
+from infra.pg_relations import PgRelations
 from infra.pg_users import PgSessions, PgUsers
+from infra.quotas import RedisQuotas
 from infra.redis_client import open_redis
 from infra.security import Argon2Hasher, JwtSigner
 from infra.settings import Settings
+from infra.swipe_queue import RedisSwipeQueue, swipes_spec
 from resolvers.context import Ports
 from schema import build_schema
 
@@ -50,11 +56,18 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         stack.push_async_callback(redis.aclose)
         broadcast = await stack.enter_async_context(make_broadcast(settings.redis_url))
         channels = UserChannels(broadcast, settings.redis_prefix)
+        limits = Limits(settings.likes_per_day, settings.super_likes_per_day,
+                        timedelta(seconds=settings.undo_window_seconds))
+        queue = RedisSwipeQueue(redis, swipes_spec(settings.redis_prefix, settings.swipe_partitions),
+                                limits.undo_window, settings.ack_replicas, settings.ack_timeout_ms)
+        swipe_deps = SwipeDeps(PgUsers(pool), queue, PgRelations(pool), RedisQuotas(redis, settings.redis_prefix),
+                               channels, limits)
         ports = Ports(
             users=PgUsers(pool), sessions=PgSessions(pool, redis, settings.redis_prefix),
             hasher=Argon2Hasher(settings.argon2_time_cost, settings.argon2_memory_kib),
             tokens=JwtSigner(settings.secret_key, settings.access_ttl.total_seconds()),
-            events=channels, user_events=channels, refresh_ttl=settings.refresh_ttl,
+            events=channels, user_events=channels, refresh_ttl=settings.refresh_ttl, swipes=swipe_deps,
+            cursor_key=hashlib.sha256(b"cursors:" + settings.secret_key.encode()).digest(),
         )
         yield Runtime(settings, pool, redis, ports)
 

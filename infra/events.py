@@ -6,8 +6,12 @@ from contextlib import asynccontextmanager
 from broadcaster import Broadcast
 
 from domain.errors import Code, DomainError
-from domain.events import ProfileChanged, SessionsEnded, UserEvent
+from domain.events import MatchCreated, MatchEnded, ProfileChanged, SessionsEnded, UserEvent
 from infra.broadcast import BroadcastConnectionLost
+
+_MATCH_KINDS: dict[str, type[MatchCreated] | type[MatchEnded]] = {
+    "match_created": MatchCreated, "match_ended": MatchEnded,
+}
 
 
 def encode(event: UserEvent) -> str:
@@ -15,6 +19,10 @@ def encode(event: UserEvent) -> str:
         ids = None if event.session_ids is None else [str(s) for s in event.session_ids]
         return json.dumps({"type": "sessions_ended", "user": str(event.user_id), "sessions": ids,
                            "reason": event.reason})
+    if isinstance(event, MatchCreated | MatchEnded):
+        kind = "match_created" if isinstance(event, MatchCreated) else "match_ended"
+        return json.dumps({"type": kind, "user": str(event.user_id), "match": str(event.match_id),
+                           "other": str(event.other_id)})
     return json.dumps({"type": "profile_changed", "user": str(event.user_id)})
 
 
@@ -26,6 +34,8 @@ def decode(raw: str) -> UserEvent | None:
         return SessionsEnded(user_id, ids, data["reason"])
     if data["type"] == "profile_changed":
         return ProfileChanged(user_id)
+    if data["type"] in _MATCH_KINDS:
+        return _MATCH_KINDS[data["type"]](user_id, uuid.UUID(data["match"]), uuid.UUID(data["other"]))
     return None  # a newer process may publish kinds this one does not know yet
 
 

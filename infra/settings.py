@@ -50,6 +50,10 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     db_pool_max: int = 10
     ws_init_timeout_seconds: int = 10
+    swipe_partitions: int = 16
+    likes_per_day: int = 100
+    super_likes_per_day: int = 1
+    undo_window_seconds: int = 300
 
     @property
     def production(self) -> bool:
@@ -85,6 +89,10 @@ class Settings:
             allowed_origins=_list("ALLOWED_ORIGINS"),
             db_pool_max=_int("DB_POOL_MAX", 10),
             ws_init_timeout_seconds=_int("WS_INIT_TIMEOUT_SECONDS", 10),
+            swipe_partitions=_int("SWIPE_PARTITIONS", 16),
+            likes_per_day=_int("LIKES_PER_DAY", 100),
+            super_likes_per_day=_int("SUPER_LIKES_PER_DAY", 1),
+            undo_window_seconds=_int("UNDO_WINDOW_SECONDS", 300),
         )
         if settings.production and len(settings.secret_key) < 32:
             raise ConfigError("NEWFRIENDS_SECRET_KEY (at least 32 characters) is required in production")

@@ -75,7 +75,7 @@ async def delete_account(info: Info, password: str) -> DeleteAccountResult:
     try:
         await accounts.delete_account(ports.auth, principal, password, ports.clock())
     except DomainError as exc:
-        return error_member(exc)  # type: ignore[return-value]
+        return error_member(exc)
     return DoneGQL()
 
 
@@ -88,10 +88,10 @@ async def me(info: Info) -> MeGQL:
 
 
 async def person(info: Info, id: strawberry.ID) -> PersonGQL | None:
-    await info.context.require_user()
+    principal = await info.context.require_user()
     user_id = parse_id(id)
     user = None if user_id is None else await info.context.loaders.users.load(user_id)
-    if user is None:
+    if user is None or await info.context.ports.swipes.relations.blocked_either_way(principal.user_id, user.id):
         raise NotFound("Person")
     return PersonGQL.from_domain(user, info.context.ports.clock().date())
 

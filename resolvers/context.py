@@ -14,6 +14,7 @@ from domain.errors import DomainError, Unauthenticated
 from domain.events import UserEvent
 from domain.model import Principal, User
 from domain.ports import EventPublisher, PasswordHasher, SessionRepo, TokenSigner, UserRepo
+from domain.swipes import SwipeDeps
 
 
 class UserEventStream(Protocol):
@@ -35,6 +36,8 @@ class Ports:
     events: EventPublisher
     user_events: UserEventStream
     refresh_ttl: timedelta
+    swipes: SwipeDeps
+    cursor_key: bytes
     clock: Callable[[], datetime] = utcnow
 
     @property

@@ -1,9 +1,14 @@
 from collections.abc import AsyncGenerator
 
-from domain.events import ProfileChanged
+import strawberry
+
+from domain.events import MatchCreated, MatchEnded, ProfileChanged
+from domain.swipes import Match
 from resolvers.context import Info
+from resolvers.swipes import match_gql
 from schema.accounts import MeGQL
 from schema.events import MyEvent, ProfileChangedGQL
+from schema.swipes import MatchCreatedGQL, MatchEndedGQL
 
 
 async def my_events(info: Info) -> AsyncGenerator[MyEvent, None]:
@@ -11,8 +16,14 @@ async def my_events(info: Info) -> AsyncGenerator[MyEvent, None]:
     ports = info.context.ports
     async with ports.user_events.subscribe(principal.user_id) as events:
         async for event in events:
+            # Loaded per event: a subscription's context lives as long as its connection.
             if isinstance(event, ProfileChanged):
-                # Loaded per event: a subscription's context lives as long as its connection.
                 user = await ports.users.get(principal.user_id)
                 if user is not None:
                     yield ProfileChangedGQL(me=MeGQL.from_domain(user, ports.clock().date()))
+            elif isinstance(event, MatchCreated):
+                match = await match_gql(info, Match(event.match_id, event.user_id, event.other_id, ports.clock()))
+                if match is not None:
+                    yield MatchCreatedGQL(match=match)
+            elif isinstance(event, MatchEnded):
+                yield MatchEndedGQL(match_id=strawberry.ID(str(event.match_id)))

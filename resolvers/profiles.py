@@ -17,5 +17,5 @@ async def update_profile(info: Info, input: ProfileInput) -> UpdateProfileResult
     try:
         user = await update(ports.users, ports.events, principal.user_id, changes, ports.clock())
     except DomainError as exc:
-        return error_member(exc)  # type: ignore[return-value]
+        return error_member(exc)
     return MeGQL.from_domain(user, ports.clock().date())

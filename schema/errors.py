@@ -7,7 +7,7 @@ import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import MaskErrors
 
-from domain.errors import AuthError, Code, DomainError, InputError, Unauthenticated
+from domain.errors import AuthError, Code, DomainError, InputError, LimitReached, NotFound, Unauthenticated
 
 log = logging.getLogger("newfriends.errors")
 
@@ -30,11 +30,34 @@ class AuthErrorGQL(ErrorGQL):
     field: str | None
 
 
-def error_member(exc: DomainError) -> InputErrorGQL | AuthErrorGQL:
+@strawberry.type(name="NotFoundError", description="No such object, or not one you may see.")
+class NotFoundErrorGQL(ErrorGQL):
+    pass
+
+
+@strawberry.type(name="LimitError", description="A quota or rate limit; try again after the given time.")
+class LimitErrorGQL(ErrorGQL):
+    retry_after_seconds: int
+
+
+@strawberry.type(name="StateError", description="The current state does not allow this (nothing to undo, ...).")
+class StateErrorGQL(ErrorGQL):
+    pass
+
+
+# Any: each mutation's union admits a different subset of these, which Python's types cannot
+# express; strawberry checks the member against the union at run time, and the tests cover each.
+def error_member(exc: DomainError) -> Any:
     if isinstance(exc, InputError):
         return InputErrorGQL(code=exc.code, message=exc.message, field=exc.field)
     if isinstance(exc, AuthError):
         return AuthErrorGQL(code=exc.code, message=exc.message, field=exc.field)
+    if isinstance(exc, NotFound):
+        return NotFoundErrorGQL(code=exc.code, message=exc.message)
+    if isinstance(exc, LimitReached):
+        return LimitErrorGQL(code=exc.code, message=exc.message, retry_after_seconds=exc.retry_after_seconds)
+    if type(exc) is DomainError and exc.code is not Code.UNAVAILABLE:
+        return StateErrorGQL(code=exc.code, message=exc.message)
     raise exc  # anything else travels as a top-level error
 
 

@@ -3,6 +3,7 @@ from typing import Annotated
 import strawberry
 
 from schema.accounts import MeGQL
+from schema.swipes import MatchCreatedGQL, MatchEndedGQL
 
 
 @strawberry.type(name="ProfileChanged", description="Your profile changed (possibly on another device).")
@@ -11,4 +12,4 @@ class ProfileChangedGQL:
 
 
 # Later features add their events here (matches, messages, ...): clients switch on __typename.
-MyEvent = Annotated[ProfileChangedGQL, strawberry.union("MyEvent")]
+MyEvent = Annotated[ProfileChangedGQL | MatchCreatedGQL | MatchEndedGQL, strawberry.union("MyEvent")]

@@ -2,7 +2,7 @@ from collections.abc import AsyncGenerator
 
 import strawberry
 
-from resolvers import accounts, events, profiles
+from resolvers import accounts, events, profiles, swipes
 from schema.accounts import (
     AuthResult,
     DeleteAccountResult,
@@ -12,6 +12,7 @@ from schema.accounts import (
     UpdateProfileResult,
 )
 from schema.events import MyEvent
+from schema.swipes import MatchConnectionGQL, RelationResult, SwipeResult
 
 
 @strawberry.type
@@ -22,6 +23,9 @@ class Query:
     )
     interest_tags: list[InterestTagGQL] = strawberry.field(
         resolver=accounts.interest_tags, description="The catalogue of interest tags a profile may carry."
+    )
+    matches: MatchConnectionGQL = strawberry.field(
+        resolver=swipes.matches, description="Your current matches, newest first."
     )
 
 
@@ -38,6 +42,26 @@ class Mutation:
     )
     delete_account: DeleteAccountResult = strawberry.mutation(resolver=accounts.delete_account)
     update_profile: UpdateProfileResult = strawberry.mutation(resolver=profiles.update_profile)
+    like: SwipeResult = strawberry.mutation(
+        resolver=swipes.like, description="Accepted at once; a mutual like arrives as MatchCreated on myEvents."
+    )
+    dislike: SwipeResult = strawberry.mutation(resolver=swipes.dislike)
+    super_like: SwipeResult = strawberry.mutation(
+        resolver=swipes.super_like, description="A like they see first among their candidates; daily quota."
+    )
+    undo_last_swipe: SwipeResult = strawberry.mutation(
+        resolver=swipes.undo_last_swipe,
+        description="Take back your last swipe within a few minutes, unless it matched.",
+    )
+    unmatch: RelationResult = strawberry.mutation(
+        resolver=swipes.unmatch, description="Final: neither of you is shown to the other again."
+    )
+    block: RelationResult = strawberry.mutation(
+        resolver=swipes.block, description="Each of you disappears for the other, everywhere."
+    )
+    report: RelationResult = strawberry.mutation(
+        resolver=swipes.report, description="Sent to moderation; also blocks them."
+    )
 
 
 @strawberry.type

@@ -1,0 +1,38 @@
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from domain.errors import Code, InputError
+
+_MAC_BYTES = 12
+
+
+def encode_cursor(key: bytes, kind: str, payload: list[Any]) -> str:
+    # Signed, so a client cannot forge positions; the kind keeps one list's cursor out of another.
+    body = json.dumps([kind, *payload], separators=(",", ":")).encode()
+    mac = hmac.new(key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+    return base64.urlsafe_b64encode(mac + body).decode().rstrip("=")
+
+
+def decode_cursor(key: bytes, kind: str, cursor: str) -> list[Any]:
+    invalid = InputError(Code.INVALID_CURSOR, "Not a cursor of this list", "after")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except ValueError:
+        raise invalid from None
+    mac, body = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
+    if len(cursor) > 512 or not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:_MAC_BYTES]):
+        raise invalid
+    data = json.loads(body)
+    if not isinstance(data, list) or not data or data[0] != kind:
+        raise invalid
+    return data[1:]
+
+
+def page_size(first: int | None, default: int = 20, most: int = 100) -> int:
+    size = default if first is None else first
+    if not 1 <= size <= most:
+        raise InputError(Code.INVALID_INPUT, f"first must be between 1 and {most}", "first")
+    return size

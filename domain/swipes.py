@@ -1,0 +1,206 @@
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Protocol
+
+from domain.errors import Code, DomainError, InputError, LimitReached, NotFound
+from domain.events import MatchEnded
+from domain.ids import parse_id
+from domain.model import User, Visibility
+from domain.ports import EventPublisher, UserRepo
+from domain.text import clean_text
+
+
+class Direction(str, Enum):
+    LIKE = "LIKE"
+    DISLIKE = "DISLIKE"
+
+
+@dataclass(frozen=True)
+class Swipe:
+    user_id: uuid.UUID
+    target_id: uuid.UUID
+    direction: Direction
+    super_like: bool
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Undo:
+    user_id: uuid.UUID
+    target_id: uuid.UUID
+    at: datetime
+
+
+SwipeEntry = Swipe | Undo
+
+
+@dataclass(frozen=True)
+class Match:
+    id: uuid.UUID
+    user_id: uuid.UUID  # the viewer's side of it
+    other_id: uuid.UUID
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Limits:
+    likes_per_day: int = 100
+    super_likes_per_day: int = 1
+    undo_window: timedelta = timedelta(minutes=5)
+
+
+class SwipeQueue(Protocol):
+    """Accepted swipes on their way to the relation table; answers for them until they are written."""
+
+    async def enqueue(self, swipe: Swipe) -> Swipe: ...  # returns the earlier swipe if one is pending
+    async def pending(self, user_id: uuid.UUID, targets: list[uuid.UUID]) -> dict[uuid.UUID, Swipe | None]: ...
+    async def last(self, user_id: uuid.UUID) -> Swipe | None: ...
+    async def enqueue_undo(self, last: Swipe, at: datetime) -> bool: ...  # False: no longer the last swipe
+
+
+class Relations(Protocol):
+    async def swipes(self, user_id: uuid.UUID, targets: list[uuid.UUID]) -> dict[uuid.UUID, Swipe]: ...
+    async def blocked_either_way(self, user_id: uuid.UUID, other_id: uuid.UUID) -> bool: ...
+    async def matched(self, user_id: uuid.UUID, other_id: uuid.UUID) -> bool: ...
+    async def end_match(self, user_id: uuid.UUID, match_id: uuid.UUID | None, other_id: uuid.UUID | None,
+                        now: datetime) -> Match | None: ...
+    async def block(self, user_id: uuid.UUID, other_id: uuid.UUID, now: datetime) -> None: ...
+    async def report(self, user_id: uuid.UUID, other_id: uuid.UUID, reason: str, details: str,
+                     now: datetime) -> None: ...
+    async def matches(self, user_id: uuid.UUID, limit: int, before: tuple[datetime, uuid.UUID] | None
+                      ) -> list[Match]: ...
+
+
+class Quotas(Protocol):
+    async def take(self, user_id: uuid.UUID, kind: str, limit: int, window: timedelta, now: datetime,
+                   token: str) -> int: ...  # 0 when taken, else seconds until one frees up
+    async def give_back(self, user_id: uuid.UUID, kind: str, token: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class SwipeDeps:
+    users: UserRepo
+    queue: SwipeQueue
+    relations: Relations
+    quotas: Quotas
+    events: EventPublisher
+    limits: Limits
+
+
+async def visible_other(deps: SwipeDeps, viewer: uuid.UUID, raw_id: str) -> User:
+    """The person behind an id, if the viewer may act on them; otherwise they do not exist for them."""
+    other_id = parse_id(raw_id)
+    if other_id is None:
+        raise InputError(Code.INVALID_ID, "Not a valid user id", "userId")
+    if other_id == viewer:
+        raise InputError(Code.CANNOT_SWIPE_SELF, "That is you", "userId")
+    other = await deps.users.get(other_id)
+    if other is None or await deps.relations.blocked_either_way(viewer, other_id):
+        raise NotFound("Person")
+    return other
+
+
+async def already_swiped(deps: SwipeDeps, user_id: uuid.UUID, targets: list[uuid.UUID]) -> dict[uuid.UUID, Swipe]:
+    # Read-your-writes: a swipe still in the queue counts, and an undo still in the queue un-counts.
+    pending = await deps.queue.pending(user_id, targets)
+    written = await deps.relations.swipes(user_id, [t for t in targets if t not in pending])
+    found = {t: s for t, s in pending.items() if s is not None}
+    return found | written
+
+
+async def swipe(deps: SwipeDeps, user_id: uuid.UUID, raw_target: str, direction: Direction, super_like: bool,
+                now: datetime) -> tuple[Swipe, User]:
+    target = await visible_other(deps, user_id, raw_target)
+    if target.visibility is Visibility.HIDDEN:
+        raise NotFound("Person")
+    earlier = (await already_swiped(deps, user_id, [target.id])).get(target.id)
+    if earlier is not None:
+        return earlier, target  # swiping the same person again changes nothing
+    wanted = Swipe(user_id, target.id, direction, super_like, now)
+    token = f"{target.id}:{now.timestamp()}"
+    taken: list[str] = []
+    try:
+        if direction is Direction.LIKE:
+            await _take(deps, user_id, "like", deps.limits.likes_per_day, now, token)
+            taken.append("like")
+        if super_like:
+            await _take(deps, user_id, "super", deps.limits.super_likes_per_day, now, token)
+            taken.append("super")
+        accepted = await deps.queue.enqueue(wanted)
+    except BaseException:
+        for kind in taken:
+            await deps.quotas.give_back(user_id, kind, token)
+        raise
+    if accepted != wanted:  # a concurrent request for the same person won
+        for kind in taken:
+            await deps.quotas.give_back(user_id, kind, token)
+    return accepted, target
+
+
+async def _take(deps: SwipeDeps, user_id: uuid.UUID, kind: str, limit: int, now: datetime, token: str) -> None:
+    wait = await deps.quotas.take(user_id, kind, limit, timedelta(days=1), now, token)
+    if wait:
+        what = "super likes" if kind == "super" else "likes"
+        raise LimitReached(Code.QUOTA_EXCEEDED, f"No {what} left for now", wait)
+
+
+async def undo_last(deps: SwipeDeps, user_id: uuid.UUID, now: datetime) -> tuple[Swipe, User | None]:
+    last = await deps.queue.last(user_id)
+    nothing = DomainError(Code.NOTHING_TO_UNDO, "There is no recent swipe to undo")
+    if last is None or now - last.at > deps.limits.undo_window:
+        raise nothing
+    if last.direction is Direction.LIKE and await deps.relations.matched(user_id, last.target_id):
+        raise DomainError(Code.ALREADY_MATCHED, "That like already became a match")
+    if not await deps.queue.enqueue_undo(last, now):
+        raise nothing
+    if last.direction is Direction.LIKE:
+        await deps.quotas.give_back(user_id, "like", f"{last.target_id}:{last.at.timestamp()}")
+    return last, await deps.users.get(last.target_id)
+
+
+async def unmatch(deps: SwipeDeps, user_id: uuid.UUID, raw_match_id: str, now: datetime) -> None:
+    match_id = parse_id(raw_match_id)
+    ended = None if match_id is None else await deps.relations.end_match(user_id, match_id, None, now)
+    if ended is None:
+        raise NotFound("Match")
+    await _tell_both(deps, ended)
+
+
+async def block(deps: SwipeDeps, user_id: uuid.UUID, raw_id: str, now: datetime) -> None:
+    other = await visible_other(deps, user_id, raw_id)
+    await _block(deps, user_id, other.id, now)
+
+
+async def _block(deps: SwipeDeps, user_id: uuid.UUID, other_id: uuid.UUID, now: datetime) -> None:
+    await deps.relations.block(user_id, other_id, now)
+    ended = await deps.relations.end_match(user_id, None, other_id, now)
+    if ended is not None:
+        await _tell_both(deps, ended)  # the same event as an unmatch: a block is not announced
+
+
+REPORT_DETAILS_MAX = 2000
+
+
+class ReportReason(str, Enum):
+    SPAM = "SPAM"
+    FAKE_PROFILE = "FAKE_PROFILE"
+    HARASSMENT = "HARASSMENT"
+    INAPPROPRIATE_CONTENT = "INAPPROPRIATE_CONTENT"
+    UNDERAGE = "UNDERAGE"
+    SCAM = "SCAM"
+    OTHER = "OTHER"
+
+
+async def report(deps: SwipeDeps, user_id: uuid.UUID, raw_id: str, reason: ReportReason, details: str,
+                 now: datetime) -> None:
+    text = clean_text(details, "details", max_len=REPORT_DETAILS_MAX, multiline=True)
+    other = await visible_other(deps, user_id, raw_id)
+    await deps.relations.report(user_id, other.id, reason.value, text, now)
+    await _block(deps, user_id, other.id, now)
+
+
+async def _tell_both(deps: SwipeDeps, ended: Match) -> None:
+    for side, other in ((ended.user_id, ended.other_id), (ended.other_id, ended.user_id)):
+        await deps.events.publish(MatchEnded(side, ended.id, other))

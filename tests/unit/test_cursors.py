@@ -1,0 +1,23 @@
+import pytest
+
+from domain.cursors import decode_cursor, encode_cursor, page_size
+from domain.errors import Code, InputError
+
+KEY = b"k" * 32
+
+
+def test_round_trip_and_forgery() -> None:
+    cursor = encode_cursor(KEY, "matches", [1700000000000, "abc"])
+    assert decode_cursor(KEY, "matches", cursor) == [1700000000000, "abc"]
+    for bad in (cursor[:-2], cursor + "x", "", "!!!", encode_cursor(b"x" * 32, "matches", [1, "abc"]),
+                encode_cursor(KEY, "other-list", [1, "abc"]), "A" * 5000, "\ud800"):
+        with pytest.raises(InputError) as refused:
+            decode_cursor(KEY, "matches", bad)
+        assert refused.value.code == Code.INVALID_CURSOR
+
+
+def test_page_size_bounds() -> None:
+    assert page_size(None) == 20 and page_size(100) == 100
+    for bad in (0, -1, 101, 2**40):
+        with pytest.raises(InputError):
+            page_size(bad)

@@ -1,0 +1,68 @@
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+from datetime import timedelta
+
+import asyncpg
+
+from domain.events import MatchCreated
+from domain.swipes import SwipeEntry
+from infra.broadcast import make_broadcast
+from infra.db import open_pool
+from infra.events import UserChannels
+from infra.pg_fences import PgFences
+from infra.pg_relations import apply_swipes, mark_announced
+from infra.redis_client import open_redis
+from infra.settings import Settings
+from infra.streams import PartitionedConsumer, ensure_groups
+from infra.swipe_queue import SWIPE_WRITER, RedisSwipeQueue, decode_fields, swipes_spec
+
+log = logging.getLogger(__name__)
+
+
+class SwipeWriter:
+    """Applies accepted swipes to PostgreSQL in batches, then announces the matches they made."""
+
+    def __init__(self, pool: asyncpg.Pool, queue: RedisSwipeQueue, channels: UserChannels, fences: PgFences) -> None:
+        self._pool = pool
+        self._queue = queue
+        self._channels = channels
+        self._fences = fences
+
+    async def __call__(self, partition: int, fence: int, batch: list[tuple[str, tuple[SwipeEntry, str]]]) -> None:
+        entries = [entry for _, (entry, _) in batch]
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._fences.claim(conn, SWIPE_WRITER, partition, fence)
+            unannounced = await apply_swipes(conn, entries)
+        await self._queue.forget(partition, [decoded for _, decoded in batch])
+        # After the commit: a crash before the flag is set re-announces on redelivery (at least once;
+        # clients recognise a match by its id).
+        for match in unannounced:
+            for side, other in ((match.user_id, match.other_id), (match.other_id, match.user_id)):
+                await self._channels.publish(MatchCreated(side, match.id, other))
+        if unannounced:
+            await mark_announced(self._pool, unannounced)
+
+
+async def main(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    spec = swipes_spec(settings.redis_prefix, settings.swipe_partitions)
+    redis = open_redis(settings.redis_url)
+    try:
+        async with open_pool(settings.database_url, max_size=4) as pool, make_broadcast(settings.redis_url) as bus:
+            await ensure_groups(redis, spec)
+            queue = RedisSwipeQueue(redis, spec, undo_window=timedelta(seconds=settings.undo_window_seconds))
+            fences = PgFences(pool)
+            writer = SwipeWriter(pool, queue, UserChannels(bus, settings.redis_prefix), fences)
+            consumer_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+            consumer = PartitionedConsumer(redis, spec, SWIPE_WRITER, consumer_id, decode_fields, writer, fences,
+                                           batch_size=1000)
+            await consumer.run(stop=stop)
+    finally:
+        await redis.aclose()
