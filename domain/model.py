@@ -39,6 +39,7 @@ class User:
     interest_tags: tuple[str, ...] = ()
     discovery: Discovery = field(default_factory=Discovery)
     visibility: Visibility = Visibility.VISIBLE
+    show_activity: bool = True  # False: never shown as "active recently", nor ranked by activity
 
 
 @dataclass(frozen=True)

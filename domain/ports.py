@@ -1,5 +1,5 @@
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from domain.events import UserEvent
@@ -42,3 +42,11 @@ class TokenSigner(Protocol):
 
 class EventPublisher(Protocol):
     async def publish(self, event: UserEvent) -> None: ...
+
+
+class Quotas(Protocol):
+    """Rolling-window counters per user and kind; a token counts once however often it is taken."""
+
+    async def take(self, user_id: uuid.UUID, kind: str, limit: int, window: timedelta, now: datetime,
+                   token: str) -> int: ...  # 0 when taken, else seconds until one frees up
+    async def give_back(self, user_id: uuid.UUID, kind: str, token: str) -> None: ...

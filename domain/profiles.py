@@ -28,6 +28,7 @@ class ProfileChanges:
     age_max: int | None = None
     max_distance_km: int | None = None
     visibility: Visibility | None = None
+    show_activity: bool | None = None
 
 
 def apply_changes(user: User, ch: ProfileChanges) -> User:
@@ -46,6 +47,8 @@ def apply_changes(user: User, ch: ProfileChanges) -> User:
         updated = replace(updated, interest_tags=tuple(normalise_tags(ch.interest_tags)))
     if ch.visibility is not None:
         updated = replace(updated, visibility=ch.visibility)
+    if ch.show_activity is not None:
+        updated = replace(updated, show_activity=ch.show_activity)
     return replace(updated, discovery=_discovery(updated.discovery, ch))
 
 

@@ -1,4 +1,5 @@
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -51,16 +52,35 @@ class Limits:
     undo_window: timedelta = timedelta(minutes=5)
 
 
+@dataclass(frozen=True)
+class Quota:
+    kind: str
+    limit: int
+    window: timedelta = timedelta(days=1)
+
+
 class SwipeQueue(Protocol):
     """Accepted swipes on their way to the relation table; answers for them until they are written."""
 
-    async def enqueue(self, swipe: Swipe) -> Swipe: ...  # returns the earlier swipe if one is pending
+    # One atomic step: the pending swipe for that person if there is one; else `written` unless an
+    # undo of it is pending; else it takes every quota (raising LimitReached for the first one that
+    # is short) and appends the swipe.
+    async def enqueue(self, swipe: Swipe, quotas: Sequence[Quota], written: Swipe | None) -> Swipe: ...
     async def pending(self, user_id: uuid.UUID, targets: list[uuid.UUID]) -> dict[uuid.UUID, Swipe | None]: ...
     async def last(self, user_id: uuid.UUID) -> Swipe | None: ...
-    async def enqueue_undo(self, last: Swipe, at: datetime) -> bool: ...  # False: no longer the last swipe
+    # False: no longer the last swipe. Gives back what the swipe took of the named quotas.
+    async def enqueue_undo(self, last: Swipe, at: datetime, quotas: Sequence[str]) -> bool: ...
+
+
+def quota_refused(kind: str, wait_seconds: int) -> LimitReached:
+    what = "super likes" if kind == "super" else "likes"
+    return LimitReached(Code.QUOTA_EXCEEDED, f"No {what} left for now", wait_seconds)
 
 
 class Relations(Protocol):
+    # Whether either blocked the other, and the viewer's written swipe on them: one lookup, both
+    # tables keyed by the viewer.
+    async def swipe_state(self, user_id: uuid.UUID, other_id: uuid.UUID) -> tuple[bool, Swipe | None]: ...
     async def swipes(self, user_id: uuid.UUID, targets: list[uuid.UUID]) -> dict[uuid.UUID, Swipe]: ...
     async def blocked_either_way(self, user_id: uuid.UUID, other_id: uuid.UUID) -> bool: ...
     async def matched(self, user_id: uuid.UUID, other_id: uuid.UUID) -> bool: ...
@@ -71,12 +91,8 @@ class Relations(Protocol):
                      now: datetime) -> None: ...
     async def matches(self, user_id: uuid.UUID, limit: int, before: tuple[datetime, uuid.UUID] | None
                       ) -> list[Match]: ...
-
-
-class Quotas(Protocol):
-    async def take(self, user_id: uuid.UUID, kind: str, limit: int, window: timedelta, now: datetime,
-                   token: str) -> int: ...  # 0 when taken, else seconds until one frees up
-    async def give_back(self, user_id: uuid.UUID, kind: str, token: str) -> None: ...
+    async def end_all_matches(self, user_id: uuid.UUID, now: datetime) -> list[Match]: ...
+    async def super_likers(self, user_id: uuid.UUID, limit: int) -> list[uuid.UUID]: ...
 
 
 @dataclass(frozen=True)
@@ -84,18 +100,22 @@ class SwipeDeps:
     users: UserRepo
     queue: SwipeQueue
     relations: Relations
-    quotas: Quotas
     events: EventPublisher
     limits: Limits
 
 
-async def visible_other(deps: SwipeDeps, viewer: uuid.UUID, raw_id: str) -> User:
-    """The person behind an id, if the viewer may act on them; otherwise they do not exist for them."""
+def _target_id(viewer: uuid.UUID, raw_id: str) -> uuid.UUID:
     other_id = parse_id(raw_id)
     if other_id is None:
         raise InputError(Code.INVALID_ID, "Not a valid user id", "userId")
     if other_id == viewer:
         raise InputError(Code.CANNOT_SWIPE_SELF, "That is you", "userId")
+    return other_id
+
+
+async def visible_other(deps: SwipeDeps, viewer: uuid.UUID, raw_id: str) -> User:
+    """The person behind an id, if the viewer may act on them; otherwise they do not exist for them."""
+    other_id = _target_id(viewer, raw_id)
     other = await deps.users.get(other_id)
     if other is None or await deps.relations.blocked_either_way(viewer, other_id):
         raise NotFound("Person")
@@ -112,38 +132,23 @@ async def already_swiped(deps: SwipeDeps, user_id: uuid.UUID, targets: list[uuid
 
 async def swipe(deps: SwipeDeps, user_id: uuid.UUID, raw_target: str, direction: Direction, super_like: bool,
                 now: datetime) -> tuple[Swipe, User]:
-    target = await visible_other(deps, user_id, raw_target)
-    if target.visibility is Visibility.HIDDEN:
+    # Three round trips in all, for the most frequent write of the product: the person, the relation
+    # (blocks and a written swipe, in one lookup), then one atomic step in the queue.
+    target_id = _target_id(user_id, raw_target)
+    target = await deps.users.get(target_id)
+    if target is None or target.visibility is Visibility.HIDDEN:
         raise NotFound("Person")
-    earlier = (await already_swiped(deps, user_id, [target.id])).get(target.id)
-    if earlier is not None:
-        return earlier, target  # swiping the same person again changes nothing
-    wanted = Swipe(user_id, target.id, direction, super_like, now)
-    token = f"{target.id}:{now.timestamp()}"
-    taken: list[str] = []
-    try:
-        if direction is Direction.LIKE:
-            await _take(deps, user_id, "like", deps.limits.likes_per_day, now, token)
-            taken.append("like")
-        if super_like:
-            await _take(deps, user_id, "super", deps.limits.super_likes_per_day, now, token)
-            taken.append("super")
-        accepted = await deps.queue.enqueue(wanted)
-    except BaseException:
-        for kind in taken:
-            await deps.quotas.give_back(user_id, kind, token)
-        raise
-    if accepted != wanted:  # a concurrent request for the same person won
-        for kind in taken:
-            await deps.quotas.give_back(user_id, kind, token)
+    blocked, written = await deps.relations.swipe_state(user_id, target_id)
+    if blocked:
+        raise NotFound("Person")
+    quotas = []
+    if direction is Direction.LIKE:
+        quotas.append(Quota("like", deps.limits.likes_per_day))
+    if super_like:
+        quotas.append(Quota("super", deps.limits.super_likes_per_day))
+    # Swiping the same person again changes nothing: the queue answers with the earlier swipe.
+    accepted = await deps.queue.enqueue(Swipe(user_id, target_id, direction, super_like, now), quotas, written)
     return accepted, target
-
-
-async def _take(deps: SwipeDeps, user_id: uuid.UUID, kind: str, limit: int, now: datetime, token: str) -> None:
-    wait = await deps.quotas.take(user_id, kind, limit, timedelta(days=1), now, token)
-    if wait:
-        what = "super likes" if kind == "super" else "likes"
-        raise LimitReached(Code.QUOTA_EXCEEDED, f"No {what} left for now", wait)
 
 
 async def undo_last(deps: SwipeDeps, user_id: uuid.UUID, now: datetime) -> tuple[Swipe, User | None]:
@@ -153,10 +158,9 @@ async def undo_last(deps: SwipeDeps, user_id: uuid.UUID, now: datetime) -> tuple
         raise nothing
     if last.direction is Direction.LIKE and await deps.relations.matched(user_id, last.target_id):
         raise DomainError(Code.ALREADY_MATCHED, "That like already became a match")
-    if not await deps.queue.enqueue_undo(last, now):
+    given_back = (["like"] if last.direction is Direction.LIKE else []) + (["super"] if last.super_like else [])
+    if not await deps.queue.enqueue_undo(last, now, given_back):
         raise nothing
-    if last.direction is Direction.LIKE:
-        await deps.quotas.give_back(user_id, "like", f"{last.target_id}:{last.at.timestamp()}")
     return last, await deps.users.get(last.target_id)
 
 
@@ -166,6 +170,12 @@ async def unmatch(deps: SwipeDeps, user_id: uuid.UUID, raw_match_id: str, now: d
     if ended is None:
         raise NotFound("Match")
     await _tell_both(deps, ended)
+
+
+async def account_deleted(deps: SwipeDeps, user_id: uuid.UUID, now: datetime) -> None:
+    # The other side of every match hears MatchEnded at once, as after an unmatch.
+    for ended in await deps.relations.end_all_matches(user_id, now):
+        await _tell_both(deps, ended)
 
 
 async def block(deps: SwipeDeps, user_id: uuid.UUID, raw_id: str, now: datetime) -> None:

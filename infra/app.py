@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -16,12 +17,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from domain.locations import LocationDeps, LocationLimits
+from domain.nearby import NearbyDeps
 from domain.swipes import Limits, SwipeDeps
 from infra.broadcast import make_broadcast
+from infra.buckets import RedisBuckets, RedisCandidateLists
 from infra.db import open_pool
 from infra.events import UserChannels
+from infra.geoip import MaxMindGeoIp, packaged_database
 from infra.graphql_app import GraphQLApp
 from infra.metrics import REGISTRY, Metrics
+from infra.pg_locations import PgActivity, PgLocations
 from infra.pg_relations import PgRelations
 from infra.pg_users import PgSessions, PgUsers
 from infra.quotas import RedisQuotas
@@ -60,14 +66,25 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                         timedelta(seconds=settings.undo_window_seconds))
         queue = RedisSwipeQueue(redis, swipes_spec(settings.redis_prefix, settings.swipe_partitions),
                                 limits.undo_window, settings.ack_replicas, settings.ack_timeout_ms)
-        swipe_deps = SwipeDeps(PgUsers(pool), queue, PgRelations(pool), RedisQuotas(redis, settings.redis_prefix),
-                               channels, limits)
+        relations, quotas = PgRelations(pool), RedisQuotas(redis, settings.redis_prefix)
+        swipe_deps = SwipeDeps(PgUsers(pool), queue, relations, channels, limits)
+        geoip = MaxMindGeoIp(Path(settings.geoip_database) if settings.geoip_database else packaged_database())
+        stack.callback(geoip.close)
+        places = LocationDeps(PgLocations(pool), quotas, geoip, PgActivity(pool), LocationLimits(
+            device_fresh_for=timedelta(days=settings.device_location_days),
+            updates_per_hour=settings.location_updates_per_hour,
+            distinct_cells_per_day=settings.location_cells_per_day, enforce=settings.location_limits,
+        ))
+        cursor_key = hashlib.sha256(b"cursors:" + settings.secret_key.encode()).digest()
+        nearby = NearbyDeps(swipe_deps, places, RedisBuckets(redis, settings.redis_prefix),
+                            RedisCandidateLists(redis, settings.redis_prefix), relations, cursor_key,
+                            timedelta(days=settings.inactive_days))
         ports = Ports(
             users=PgUsers(pool), sessions=PgSessions(pool, redis, settings.redis_prefix),
             hasher=Argon2Hasher(settings.argon2_time_cost, settings.argon2_memory_kib),
             tokens=JwtSigner(settings.secret_key, settings.access_ttl.total_seconds()),
             events=channels, user_events=channels, refresh_ttl=settings.refresh_ttl, swipes=swipe_deps,
-            cursor_key=hashlib.sha256(b"cursors:" + settings.secret_key.encode()).digest(),
+            cursor_key=cursor_key, places=places, nearby=nearby,
         )
         yield Runtime(settings, pool, redis, ports)
 
@@ -99,7 +116,8 @@ def create_app(settings: Settings) -> Starlette:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     graphql = GraphQLApp(
-        build_schema(production=settings.production, extensions=[Metrics]), runtime.require_ports,
+        build_schema(production=settings.production, extensions=[Metrics], bench_noop=settings.bench_noop),
+        runtime.require_ports,
         production=settings.production, max_body_bytes=settings.max_body_bytes,
         allowed_origins=settings.allowed_origins, init_timeout_seconds=settings.ws_init_timeout_seconds,
     )

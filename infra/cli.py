@@ -59,7 +59,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.name not in workers:
         print(f"unknown worker {args.name!r}; known: {', '.join(sorted(workers))}", file=sys.stderr)
         return 2
-    asyncio.run(workers[args.name](_settings()))
+    settings = _settings()
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    if port:
+        from prometheus_client import start_http_server
+
+        from infra.metrics import REGISTRY
+
+        # Workers serve no HTTP of their own: a tiny exporter thread lets Prometheus scrape their
+        # lag, pending entries and dead letters.
+        start_http_server(port, addr=settings.host, registry=REGISTRY)
+    asyncio.run(workers[args.name](settings))
     return 0
 
 
@@ -135,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply pending database migrations").set_defaults(func=cmd_migrate)
     worker = sub.add_parser("worker", help="run one background worker")
     worker.add_argument("name")
+    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (METRICS_PORT)")
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("dev", help="everything in one process group, with embedded services when no URLs are set"
                    ).set_defaults(func=cmd_dev)

@@ -11,9 +11,17 @@ log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 7_211_001
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    # asyncpg has already rolled back any open transaction by now. Its default reset adds a round
+    # trip to every release (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) for session state this
+    # code never leaves behind: pooled connections take no session locks, LISTEN or plain SET (use
+    # SET LOCAL inside a transaction; the migration lock has a connection of its own).
+    pass
+
+
 @asynccontextmanager
 async def open_pool(url: str, max_size: int = 10) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, command_timeout=30)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, command_timeout=30, reset=_keep_session)
     try:
         yield pool
     finally:

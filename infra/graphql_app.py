@@ -45,6 +45,10 @@ _STATUS_CODES = {400: Code.BAD_REQUEST, 404: Code.NOT_FOUND, 405: Code.METHOD_NO
                  413: Code.PAYLOAD_TOO_LARGE, 415: Code.UNSUPPORTED_MEDIA_TYPE}
 
 
+def _not_json(literal: str) -> Any:
+    raise ValueError(f"{literal} is not JSON")
+
+
 def _contains_surrogate(value: Any) -> bool:
     # Iterative: JSON nests deeper than Python's recursion limit long before 1 MB.
     pending = [value]
@@ -150,7 +154,8 @@ class GraphQLApp(GraphQL[Context, None]):
     @staticmethod
     def _parse(raw: bytes) -> Any:
         try:
-            return json.loads(raw)
+            # NaN and Infinity are not JSON, though Python's parser takes them.
+            return json.loads(raw, parse_constant=_not_json)
         except (ValueError, RecursionError):
             raise HttpError(400, Code.BAD_REQUEST, "Request body is not valid JSON") from None
 

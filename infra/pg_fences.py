@@ -15,18 +15,21 @@ _CLAIM = _RAISE.format("<=")
 
 
 class PgFences:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    # scope names the stream (prefix and name): deployments or test runs that share one database
+    # under different Redis prefixes must not fence each other off.
+    def __init__(self, pool: asyncpg.Pool, scope: str = "") -> None:
         self._pool = pool
+        self._scope = scope
 
     async def floor(self, group: str, partition: int) -> int:
-        return int(await self._pool.fetchval(_FLOOR, group, partition) or 0)
+        return int(await self._pool.fetchval(_FLOOR, self._scope + group, partition) or 0)
 
     async def remember(self, group: str, partition: int, fence: int) -> None:
-        if await self._pool.fetchval(_REMEMBER, group, partition, fence) is None:
+        if await self._pool.fetchval(_REMEMBER, self._scope + group, partition, fence) is None:
             raise StaleOwner(f"{group}/{partition}: fence {fence} is not above the recorded one")
 
     async def claim(self, conn: asyncpg.Connection, group: str, partition: int, fence: int) -> None:
         # Inside the handler's transaction: the row lock it takes also queues an overlapping old
         # owner behind the new one until one of them commits or rolls back.
-        if await conn.fetchval(_CLAIM, group, partition, fence) is None:
+        if await conn.fetchval(_CLAIM, self._scope + group, partition, fence) is None:
             raise StaleOwner(f"{group}/{partition}: fence {fence} was superseded")

@@ -26,10 +26,27 @@ class PgRelations:
         return {r["target_id"]: Swipe(user_id, r["target_id"], Direction(r["direction"]), r["super_like"],
                                       r["created_at"]) for r in rows}
 
+    async def swipe_state(self, user_id: uuid.UUID, other_id: uuid.UUID) -> tuple[bool, Swipe | None]:
+        row = await self._pool.fetchrow(
+            "SELECT EXISTS (SELECT 1 FROM blocks WHERE user_id = $1 AND other_id = $2) AS blocked,"
+            " s.direction, s.super_like, s.created_at FROM (SELECT 1) AS one"
+            " LEFT JOIN swipes s ON s.user_id = $1 AND s.target_id = $2", user_id, other_id,
+        )
+        written = None if row["direction"] is None else Swipe(
+            user_id, other_id, Direction(row["direction"]), row["super_like"], row["created_at"])
+        return bool(row["blocked"]), written
+
     async def blocked_either_way(self, user_id: uuid.UUID, other_id: uuid.UUID) -> bool:
         found = await self._pool.fetchval("SELECT 1 FROM blocks WHERE user_id = $1 AND other_id = $2",
                                           user_id, other_id)
         return bool(found)
+
+    async def blocked_among(self, user_id: uuid.UUID, others: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        if not others:
+            return set()
+        rows = await self._pool.fetch("SELECT other_id FROM blocks WHERE user_id = $1 AND other_id = ANY($2::uuid[])",
+                                      user_id, list(others))
+        return {r["other_id"] for r in rows}
 
     async def matched(self, user_id: uuid.UUID, other_id: uuid.UUID) -> bool:
         low, high = pair(user_id, other_id)
@@ -52,6 +69,32 @@ class PgRelations:
             await conn.execute("UPDATE matches SET ended_at = $3 WHERE low_id = $1 AND high_id = $2", low, high, now)
             return Match(row["match_id"], user_id, row["other_id"], row["created_at"])
 
+    async def end_all_matches(self, user_id: uuid.UUID, now: datetime) -> list[Match]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "UPDATE user_matches SET ended_at = $2 WHERE user_id = $1 AND ended_at IS NULL"
+                " RETURNING match_id, other_id, created_at", user_id, now,
+            )
+            # The other sides live on other shards: one small statement each, not a cross-shard join.
+            for row in rows:
+                await conn.execute("UPDATE user_matches SET ended_at = $3 WHERE user_id = $1 AND match_id = $2",
+                                   row["other_id"], row["match_id"], now)
+                low, high = pair(user_id, row["other_id"])
+                await conn.execute("UPDATE matches SET ended_at = $3 WHERE low_id = $1 AND high_id = $2",
+                                   low, high, now)
+            return [Match(r["match_id"], user_id, r["other_id"], r["created_at"]) for r in rows]
+
+    async def super_likers(self, user_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
+        # Newest first; whoever the viewer already answered or blocked drops out. Every table read
+        # here is keyed by the viewer: one shard. Deleted senders are dropped by the user loader.
+        rows = await self._pool.fetch(
+            "SELECT s.sender_id FROM super_likes_received s WHERE s.user_id = $1"
+            " AND NOT EXISTS (SELECT 1 FROM swipes w WHERE w.user_id = $1 AND w.target_id = s.sender_id)"
+            " AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.user_id = $1 AND b.other_id = s.sender_id)"
+            " ORDER BY s.created_at DESC LIMIT $2", user_id, limit,
+        )
+        return [r["sender_id"] for r in rows]
+
     async def block(self, user_id: uuid.UUID, other_id: uuid.UUID, now: datetime) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -69,10 +112,10 @@ class PgRelations:
 
     async def matches(self, user_id: uuid.UUID, limit: int, before: tuple[datetime, uuid.UUID] | None
                       ) -> list[Match]:
-        # Newest first; people deleted since, or blocked, are gone from the list.
+        # Newest first. Deleting an account or blocking ends its matches, so no join with users
+        # (another shard) is needed to hide them.
         rows = await self._pool.fetch(
             "SELECT m.match_id, m.other_id, m.created_at FROM user_matches m"
-            " JOIN users u ON u.id = m.other_id AND u.deleted_at IS NULL"
             " WHERE m.user_id = $1 AND m.ended_at IS NULL"
             " AND ($2::timestamptz IS NULL OR (m.created_at, m.match_id) < ($2, $3))"
             " ORDER BY m.created_at DESC, m.match_id DESC LIMIT $4",
@@ -102,13 +145,22 @@ async def apply_swipes(conn: asyncpg.Connection, entries: Sequence[SwipeEntry]) 
 async def _insert_swipes(conn: asyncpg.Connection, swipes: list[Swipe]) -> None:
     if not swipes:
         return
+    # Only the likes come back: everything below is about likes, and most swipes are not.
     inserted = await conn.fetch(
-        "INSERT INTO swipes (user_id, target_id, direction, super_like, created_at)"
+        "WITH inserted AS (INSERT INTO swipes (user_id, target_id, direction, super_like, created_at)"
         " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::timestamptz[])"
-        " ON CONFLICT DO NOTHING RETURNING user_id, target_id, direction",
+        " ON CONFLICT DO NOTHING RETURNING user_id, target_id, direction, super_like, created_at)"
+        " SELECT * FROM inserted WHERE direction = $6",
         [s.user_id for s in swipes], [s.target_id for s in swipes], [s.direction.value for s in swipes],
-        [s.super_like for s in swipes], [s.at for s in swipes],
+        [s.super_like for s in swipes], [s.at for s in swipes], Direction.LIKE.value,
     )
+    supers = [r for r in inserted if r["super_like"] and r["direction"] == Direction.LIKE.value]
+    if supers:
+        await conn.execute(
+            "INSERT INTO super_likes_received (user_id, sender_id, created_at)"
+            " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) ON CONFLICT DO NOTHING",
+            [r["target_id"] for r in supers], [r["user_id"] for r in supers], [r["created_at"] for r in supers],
+        )
     halves: dict[tuple[uuid.UUID, uuid.UUID], list[bool]] = {}
     for row in inserted:
         if row["direction"] == Direction.LIKE.value:
@@ -151,6 +203,8 @@ async def _undo(conn: asyncpg.Connection, undo: Undo) -> None:
     if await conn.fetchval("SELECT 1 FROM matches WHERE low_id = $1 AND high_id = $2", low, high):
         return  # a like that became a match stays (the API refuses such an undo; this covers a race)
     await conn.execute("DELETE FROM swipes WHERE user_id = $1 AND target_id = $2", undo.user_id, undo.target_id)
+    await conn.execute("DELETE FROM super_likes_received WHERE user_id = $1 AND sender_id = $2",
+                       undo.target_id, undo.user_id)
     column = "low_likes" if undo.user_id == low else "high_likes"
     await conn.execute(f"UPDATE like_pairs SET {column} = false WHERE low_id = $1 AND high_id = $2", low, high)
 

@@ -10,7 +10,7 @@ from domain.model import Discovery, Gender, Session, User, Visibility
 
 _USER_COLUMNS = (
     "id, email, display_name, birth_date, gender, created_at, bio, show_me, interest_tags,"
-    " age_min, age_max, max_distance_km, visibility"
+    " age_min, age_max, max_distance_km, visibility, show_activity"
 )
 
 
@@ -20,7 +20,7 @@ def _user(row: asyncpg.Record) -> User:
         gender=Gender(row["gender"]), created_at=row["created_at"], bio=row["bio"],
         show_me=frozenset(Gender(g) for g in row["show_me"]), interest_tags=tuple(row["interest_tags"]),
         discovery=Discovery(row["age_min"], row["age_max"], row["max_distance_km"]),
-        visibility=Visibility(row["visibility"]),
+        visibility=Visibility(row["visibility"]), show_activity=row["show_activity"],
     )
 
 
@@ -53,9 +53,10 @@ class PgUsers:
                 return False
             await conn.execute(
                 "INSERT INTO users (display_name, bio, gender, show_me, interest_tags, age_min, age_max,"
-                " max_distance_km, visibility, id, email, password_hash, birth_date, created_at, updated_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
+                " max_distance_km, visibility, id, email, password_hash, birth_date, created_at, updated_at,"
+                " show_activity) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)",
                 *_profile_values(user), user.id, user.email, password_hash, user.birth_date, user.created_at,
+                user.show_activity,
             )
             return True
 
@@ -91,9 +92,9 @@ class PgUsers:
     async def save_profile(self, user: User, now: datetime) -> None:
         await self._pool.execute(
             "UPDATE users SET display_name = $1, bio = $2, gender = $3, show_me = $4, interest_tags = $5,"
-            " age_min = $6, age_max = $7, max_distance_km = $8, visibility = $9, updated_at = $11"
-            " WHERE id = $10 AND deleted_at IS NULL",
-            *_profile_values(user), user.id, now,
+            " age_min = $6, age_max = $7, max_distance_km = $8, visibility = $9, updated_at = $11,"
+            " show_activity = $12 WHERE id = $10 AND deleted_at IS NULL",
+            *_profile_values(user), user.id, now, user.show_activity,
         )
 
     async def delete(self, user_id: uuid.UUID, now: datetime) -> None:

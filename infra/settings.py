@@ -17,6 +17,14 @@ def _int(name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return default if raw in (None, "") else float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
 def _list(name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
 
@@ -54,6 +62,17 @@ class Settings:
     likes_per_day: int = 100
     super_likes_per_day: int = 1
     undo_window_seconds: int = 300
+    bench_noop: bool = False  # adds the benchNoop mutation, for bench/swipes.py only
+    metrics_port: int = 0  # workers only; the API serves /metrics itself
+    # How long a dead stream consumer's partitions stay unowned before another one takes them over.
+    stream_lease_seconds: float = 10.0
+    # People nearby. An empty path means the GeoLite2 City database shipped with maxminddb-geolite2.
+    geoip_database: str = ""
+    device_location_days: int = 7
+    inactive_days: int = 30
+    location_updates_per_hour: int = 30
+    location_cells_per_day: int = 20
+    location_limits: bool = True  # off only for tests that play an attacker; refused in production
 
     @property
     def production(self) -> bool:
@@ -93,9 +112,22 @@ class Settings:
             likes_per_day=_int("LIKES_PER_DAY", 100),
             super_likes_per_day=_int("SUPER_LIKES_PER_DAY", 1),
             undo_window_seconds=_int("UNDO_WINDOW_SECONDS", 300),
+            bench_noop=os.environ.get("NEWFRIENDS_BENCH_NOOP") == "1",
+            metrics_port=_int("METRICS_PORT", 0),
+            stream_lease_seconds=_float("STREAM_LEASE_SECONDS", 10.0),
+            geoip_database=os.environ.get("GEOIP_DATABASE", ""),
+            device_location_days=_int("DEVICE_LOCATION_DAYS", 7),
+            inactive_days=_int("INACTIVE_DAYS", 30),
+            location_updates_per_hour=_int("LOCATION_UPDATES_PER_HOUR", 30),
+            location_cells_per_day=_int("LOCATION_CELLS_PER_DAY", 20),
+            location_limits=os.environ.get("LOCATION_LIMITS", "on") != "off",
         )
+        if settings.production and not settings.location_limits:
+            raise ConfigError("LOCATION_LIMITS=off is for tests only")
         if settings.production and len(settings.secret_key) < 32:
             raise ConfigError("NEWFRIENDS_SECRET_KEY (at least 32 characters) is required in production")
+        if settings.stream_lease_seconds <= 0:
+            raise ConfigError("STREAM_LEASE_SECONDS must be positive")
         return settings
 
     def with_dev_secret(self) -> "Settings":

@@ -58,6 +58,10 @@ class StreamSpec:
     def members_key(self, group: str) -> str:
         return f"{self.prefix}{self.name}:members:{group}"
 
+    @property
+    def scope(self) -> str:
+        return f"{self.prefix}{self.name}/"
+
     def partition_of(self, shard_key: str) -> int:
         # Python's hash() is salted per process; this one is the same everywhere, forever.
         digest = blake2b(shard_key.encode(), digest_size=8).digest()

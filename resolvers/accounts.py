@@ -1,6 +1,6 @@
 import strawberry
 
-from domain import accounts
+from domain import accounts, locations, swipes
 from domain.errors import DomainError, NotFound
 from domain.ids import parse_id
 from domain.model import Tokens, User
@@ -34,6 +34,7 @@ async def sign_up(info: Info, input: SignUpInput) -> AuthResult:
         user, tokens = await accounts.sign_up(ports.auth, cmd, ports.clock(), info.context.client_ip)
     except DomainError as exc:
         return error_member(exc)
+    await locations.update_from_ip(ports.places, user.id, info.context.client_ip, ports.clock())
     return _payload(info, user, tokens)
 
 
@@ -43,6 +44,7 @@ async def log_in(info: Info, email: str, password: str) -> AuthResult:
         user, tokens = await accounts.log_in(ports.auth, email, password, ports.clock(), info.context.client_ip)
     except DomainError as exc:
         return error_member(exc)
+    await locations.update_from_ip(ports.places, user.id, info.context.client_ip, ports.clock())
     return _payload(info, user, tokens)
 
 
@@ -52,6 +54,7 @@ async def refresh_token(info: Info, refresh_token: str) -> AuthResult:
         user, tokens = await accounts.refresh(ports.auth, refresh_token, ports.clock())
     except DomainError as exc:
         return error_member(exc)
+    await locations.update_from_ip(ports.places, user.id, info.context.client_ip, ports.clock())
     return _payload(info, user, tokens)
 
 
@@ -76,6 +79,7 @@ async def delete_account(info: Info, password: str) -> DeleteAccountResult:
         await accounts.delete_account(ports.auth, principal, password, ports.clock())
     except DomainError as exc:
         return error_member(exc)
+    await swipes.account_deleted(ports.swipes, principal.user_id, ports.clock())
     return DoneGQL()
 
 

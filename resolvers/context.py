@@ -12,7 +12,9 @@ from strawberry.types import Info as _Info
 from domain.accounts import AuthDeps, authenticate
 from domain.errors import DomainError, Unauthenticated
 from domain.events import UserEvent
+from domain.locations import LocationDeps
 from domain.model import Principal, User
+from domain.nearby import NearbyDeps
 from domain.ports import EventPublisher, PasswordHasher, SessionRepo, TokenSigner, UserRepo
 from domain.swipes import SwipeDeps
 
@@ -38,6 +40,8 @@ class Ports:
     refresh_ttl: timedelta
     swipes: SwipeDeps
     cursor_key: bytes
+    places: LocationDeps
+    nearby: NearbyDeps
     clock: Callable[[], datetime] = utcnow
 
     @property

@@ -48,6 +48,7 @@ class MeGQL:
     interest_tags: list[InterestTagGQL]
     discovery: DiscoverySettingsGQL
     visibility: Visibility
+    show_activity: bool = strawberry.field(description="Whether others may see that you were active recently.")
     created_at: dt.datetime
 
     @classmethod
@@ -60,7 +61,7 @@ class MeGQL:
                 age_min=user.discovery.age_min, age_max=user.discovery.age_max,
                 max_distance_km=user.discovery.max_distance_km,
             ),
-            visibility=user.visibility, created_at=user.created_at,
+            visibility=user.visibility, show_activity=user.show_activity, created_at=user.created_at,
         )
 
 
@@ -120,6 +121,9 @@ class ProfileInput:
     age_max: int | None = None
     max_distance_km: int | None = None
     visibility: Visibility | None = None
+    show_activity: bool | None = strawberry.field(
+        default=None, description="False hides when you were last active, and ranks you without it."
+    )
 
 
 AuthResult = Annotated[AuthPayloadGQL | InputErrorGQL | AuthErrorGQL, strawberry.union("AuthResult")]

@@ -2,7 +2,8 @@ from collections.abc import AsyncGenerator
 
 import strawberry
 
-from resolvers import accounts, events, profiles, swipes
+from resolvers import accounts, events, nearby, profiles, swipes
+from resolvers.context import Info
 from schema.accounts import (
     AuthResult,
     DeleteAccountResult,
@@ -12,6 +13,7 @@ from schema.accounts import (
     UpdateProfileResult,
 )
 from schema.events import MyEvent
+from schema.nearby import CandidateConnectionGQL, MyLocationGQL, UpdateLocationResult
 from schema.swipes import MatchConnectionGQL, RelationResult, SwipeResult
 
 
@@ -26,6 +28,14 @@ class Query:
     )
     matches: MatchConnectionGQL = strawberry.field(
         resolver=swipes.matches, description="Your current matches, newest first."
+    )
+    nearby_candidates: CandidateConnectionGQL = strawberry.field(
+        resolver=nearby.nearby_candidates,
+        description="People near you who fit what you look for (and whose settings fit you), best first. "
+        "LOCATION_REQUIRED until your position is known (from updateLocation, or from signing in).",
+    )
+    my_location: MyLocationGQL | None = strawberry.field(
+        resolver=nearby.my_location, description="How discovery places you; null while unknown."
     )
 
 
@@ -42,6 +52,10 @@ class Mutation:
     )
     delete_account: DeleteAccountResult = strawberry.mutation(resolver=accounts.delete_account)
     update_profile: UpdateProfileResult = strawberry.mutation(resolver=profiles.update_profile)
+    update_location: UpdateLocationResult = strawberry.mutation(
+        resolver=nearby.update_location,
+        description="Your device's position. It is rounded to a cell before it is stored; nobody sees it.",
+    )
     like: SwipeResult = strawberry.mutation(
         resolver=swipes.like, description="Accepted at once; a mutual like arrives as MatchCreated on myEvents."
     )
@@ -62,6 +76,16 @@ class Mutation:
     report: RelationResult = strawberry.mutation(
         resolver=swipes.report, description="Sent to moderation; also blocks them."
     )
+
+
+@strawberry.type(name="Mutation")
+class BenchMutation(Mutation):
+    # Only with NEWFRIENDS_BENCH_NOOP=1: the floor a mutation costs (HTTP, GraphQL, authentication),
+    # against which bench/swipes.py measures the like path. Never part of the exported schema.
+    @strawberry.mutation
+    async def bench_noop(self, info: Info) -> bool:
+        await info.context.require_user()
+        return True
 
 
 @strawberry.type

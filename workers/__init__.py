@@ -8,6 +8,6 @@ WorkerMain = Callable[[Settings], Coroutine[Any, Any, None]]
 
 def registry() -> dict[str, WorkerMain]:
     # Imported lazily so that `newfriends worker X` loads only what X needs.
-    from workers import janitor, swipe_writer
+    from workers import janitor, location_updater, swipe_writer
 
-    return {"janitor": janitor.main, "swipe-writer": swipe_writer.main}
+    return {"janitor": janitor.main, "location-updater": location_updater.main, "swipe-writer": swipe_writer.main}

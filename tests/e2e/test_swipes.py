@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 import websockets
 
+from infra.app import Runtime
 from infra.settings import Settings
 from tests.conftest import settings_env
 from tests.e2e.conftest import Account, gql, running_server, sign_up, ws_url
@@ -197,11 +198,12 @@ async def test_like_quotas(settings: Settings, migrated: None, tmp_path: Path, s
             assert (await swipe(base, "like", ann, other.id))["__typename"] == "Swipe"
         over = await swipe(base, "like", ann, others[3].id)
         assert over["code"] == "QUOTA_EXCEEDED" and 0 < over["retryAfterSeconds"] <= 86400
-        assert (await swipe(base, "dislike", ann, others[4].id))["__typename"] == "Swipe"  # passes are free
-        # Undoing a like gives it back.
-        assert (await gql(base, UNDO, token=ann.access_token))["data"]["undoLastSwipe"]["__typename"] == "Swipe"
-        await swipe(base, "dislike", ann, others[5].id)
-        assert (await swipe(base, "like", ann, others[3].id))["code"] == "QUOTA_EXCEEDED"
+        # Undoing a like gives it back, once.
+        undone = (await gql(base, UNDO, token=ann.access_token))["data"]["undoLastSwipe"]
+        assert undone == {"__typename": "Swipe", "direction": "LIKE", "person": {"id": others[2].id}}
+        assert (await swipe(base, "like", ann, others[3].id))["__typename"] == "Swipe"
+        assert (await swipe(base, "like", ann, others[4].id))["code"] == "QUOTA_EXCEEDED"
+        assert (await swipe(base, "dislike", ann, others[5].id))["__typename"] == "Swipe"  # passes are free
 
 
 async def test_matches_pages_without_gaps(api: str, swipe_writer: None) -> None:
@@ -228,3 +230,33 @@ async def test_matches_pages_without_gaps(api: str, swipe_writer: None) -> None:
     for first in (0, -1, 101):
         body = await gql(api, MATCHES, {"first": first}, ann.access_token)
         assert body["errors"][0]["extensions"]["code"] == "INVALID_INPUT"
+
+
+async def test_deleting_an_account_ends_its_matches(api: str, swipe_writer: None) -> None:
+    ann, bob = await sign_up(api), await sign_up(api)
+    async with events_of(api, ann) as ann_events:
+        await swipe(api, "like", ann, bob.id)
+        await swipe(api, "like", bob, ann.id)
+        match_id = (await next_event(ann_events, "MatchCreated"))["match"]["id"]
+        await gql(api, "mutation($p: String!) { deleteAccount(password: $p) { __typename } }", {"p": bob.password},
+                  bob.access_token)
+        assert (await next_event(ann_events, "MatchEnded"))["matchId"] == match_id
+    assert (await gql(api, MATCHES, {}, ann.access_token))["data"]["matches"]["edges"] == []
+
+
+async def test_super_likes_wait_for_their_recipient(api: str, runtime: Runtime, swipe_writer: None) -> None:
+    ann, bob, cat = await sign_up(api), await sign_up(api), await sign_up(api)
+    relations = runtime.require_ports().swipes.relations
+    bob_id = uuid.UUID(bob.id)
+    assert (await swipe(api, "superLike", ann, bob.id))["superLike"] is True
+    await swipe(api, "like", cat, bob.id)  # a plain like is not announced ahead
+    await eventually(lambda: relations.super_likers(bob_id, 10), [uuid.UUID(ann.id)])
+    await swipe(api, "dislike", bob, ann.id)  # answered: no longer first in line
+    await eventually(lambda: relations.super_likers(bob_id, 10), [])
+
+
+async def eventually(read: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (found := await read()) != expected:
+        assert asyncio.get_running_loop().time() < deadline, found
+        await asyncio.sleep(0.05)

@@ -1,0 +1,186 @@
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from domain.cursors import decode_cursor, encode_cursor, page_size
+from domain.errors import Code, DomainError, InputError
+from domain.geo import MAX_RADIUS_KM, Point, centre, cover, kept
+from domain.ids import new_id
+from domain.locations import LocationDeps
+from domain.model import MAX_AGE, MIN_AGE, Gender, User, Visibility
+from domain.ranking import Listing, Ranked, Wanted, rank
+from domain.swipes import SwipeDeps
+
+# Enough people for days of swiping; the nearest cells are read first, so a dense city stops early.
+MAX_POOL = 3000
+CELLS_PER_READ = 32
+LIST_TTL = timedelta(hours=6)
+
+
+class Buckets(Protocol):
+    async def listings(self, cells: Sequence[str]) -> list[Listing]: ...
+    async def listed_children(self, index_cells: Sequence[str]) -> list[str]: ...
+
+
+class CandidateLists(Protocol):
+    """A viewer's ranked list, kept while they page through it: pages never repeat or skip anyone."""
+
+    async def save(self, viewer: uuid.UUID, list_id: str, entries: Sequence[Ranked], ttl: timedelta) -> None: ...
+    async def read(self, viewer: uuid.UUID, list_id: str, start: int, count: int) -> list[Ranked] | None: ...
+
+
+class BlockList(Protocol):
+    async def blocked_among(self, user_id: uuid.UUID, others: Sequence[uuid.UUID]) -> set[uuid.UUID]: ...
+
+
+@dataclass(frozen=True)
+class NearbyDeps:
+    swipes: SwipeDeps
+    places: LocationDeps
+    buckets: Buckets
+    lists: CandidateLists
+    blocks: BlockList
+    cursor_key: bytes
+    inactive_after: timedelta = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Filter:
+    max_distance_km: int | None = None
+    age_min: int | None = None
+    age_max: int | None = None
+    genders: frozenset[Gender] | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    person: User
+    why: Ranked
+    cursor: str  # resumes the list right after this person
+
+
+@dataclass(frozen=True)
+class Page:
+    candidates: list[Candidate]
+    end_cursor: str | None
+    has_next: bool
+
+
+def wanted_by(user: User, given: Filter) -> Wanted:
+    wanted = Wanted(
+        given.max_distance_km if given.max_distance_km is not None else user.discovery.max_distance_km,
+        given.age_min if given.age_min is not None else user.discovery.age_min,
+        given.age_max if given.age_max is not None else user.discovery.age_max,
+        given.genders if given.genders is not None else user.show_me,
+    )
+    if not 1 <= wanted.max_distance_km <= MAX_RADIUS_KM:
+        raise InputError(Code.INVALID_DISTANCE, f"Distance must be 1 to {MAX_RADIUS_KM} km", "maxDistanceKm")
+    if not MIN_AGE <= wanted.age_min <= wanted.age_max <= MAX_AGE:
+        raise InputError(Code.INVALID_AGE_RANGE, f"Ages must satisfy {MIN_AGE} <= min <= max <= {MAX_AGE}", "ageMin")
+    if not wanted.genders:
+        raise InputError(Code.INVALID_INPUT, "Choose at least one gender", "genders")
+    return wanted
+
+
+def as_listing(user: User, cell: str) -> Listing:
+    d = user.discovery
+    return Listing(user.id, cell, user.gender, user.birth_date, user.show_me, d.age_min, d.age_max,
+                   d.max_distance_km, user.interest_tags, None)
+
+
+async def _gather(deps: NearbyDeps, at: Point, radius_km: int) -> list[Listing]:
+    plan = cover(at, radius_km)
+    cells = list(plan.cells)
+    if plan.index_cells:
+        cells = list(kept(at, radius_km, [*cells, *await deps.buckets.listed_children(plan.index_cells)]))
+    found: list[Listing] = []
+    for start in range(0, len(cells), CELLS_PER_READ):
+        found += await deps.buckets.listings(cells[start:start + CELLS_PER_READ])
+        if len(found) >= MAX_POOL:
+            break
+    return found
+
+
+async def nearby(deps: NearbyDeps, viewer_id: uuid.UUID, first: int | None, after: str | None, given: Filter,
+                 now: datetime) -> Page:
+    size = page_size(first)
+    if after is None:
+        # Independent reads go out together: one round trip's wait instead of three.
+        viewer, where, admirers = await asyncio.gather(
+            deps.swipes.users.get(viewer_id), deps.places.locations.get(viewer_id),
+            deps.swipes.relations.super_likers(viewer_id, 50),
+        )
+        here = where.current(now, deps.places.limits.device_fresh_for) if where else None
+        if viewer is None or here is None:
+            raise DomainError(Code.LOCATION_REQUIRED, "Share your location (or sign in again) to see people nearby")
+        wanted = wanted_by(viewer, given)
+        pool = await _gather(deps, centre(here[0]), wanted.max_distance_km)
+        ranked = rank(as_listing(viewer, here[0]), wanted, pool, now.date(), frozenset(admirers),
+                      deps.inactive_after)
+        list_id = new_id().hex
+        # The first page is checked from the fresh list while the list is stored; both are done
+        # before the page (and its cursors into the stored list) is returned.
+        _, page = await asyncio.gather(deps.lists.save(viewer_id, list_id, ranked, LIST_TTL),
+                                       _page(deps, viewer_id, list_id, 0, size, ranked))
+        return page
+    list_id, start = _position(deps.cursor_key, after)
+    return await _page(deps, viewer_id, list_id, start, size, None)
+
+
+def _position(key: bytes, cursor: str) -> tuple[str, int]:
+    payload = decode_cursor(key, "nearby", cursor)
+    if len(payload) != 2 or not isinstance(payload[0], str) or not isinstance(payload[1], int):
+        raise InputError(Code.INVALID_CURSOR, "Not a cursor of this list", "after")
+    return payload[0], payload[1]
+
+
+async def _page(deps: NearbyDeps, viewer_id: uuid.UUID, list_id: str, start: int, size: int,
+                fresh: list[Ranked] | None) -> Page:
+    chosen: list[Candidate] = []
+    position = read_to = start
+    while len(chosen) < size:
+        # Read a little more than a page: some will have been swiped, blocked or hidden since.
+        want = 2 * size
+        chunk = (fresh[position:position + want] if fresh is not None
+                 else await deps.lists.read(viewer_id, list_id, position, want))
+        if chunk is None:
+            raise InputError(Code.INVALID_CURSOR, "This list has expired; start again without a cursor", "after")
+        if not chunk:
+            return Page(chosen, _cursor(deps, list_id, position) if chosen else None, False)
+        ids = [entry.user_id for entry in chunk]
+        # The checks are independent: asked at once, profiles for the whole chunk.
+        swiped, blocked, people = await asyncio.gather(
+            _swiped_among(deps.swipes, viewer_id, ids), deps.blocks.blocked_among(viewer_id, ids),
+            deps.swipes.users.get_many(ids),
+        )
+        read_to = position + len(chunk)
+        for entry in chunk:
+            position += 1
+            if entry.user_id in swiped or entry.user_id in blocked:
+                continue
+            person = people.get(entry.user_id)
+            if person is not None and person.visibility is Visibility.VISIBLE:
+                chosen.append(Candidate(person, entry, _cursor(deps, list_id, position)))
+                if len(chosen) == size:
+                    break
+    if fresh is not None:
+        more = position < len(fresh)
+    elif position < read_to:
+        more = True  # entries are left in the chunk just read: no need to ask again
+    else:
+        more = bool(await deps.lists.read(viewer_id, list_id, position, 1))
+    return Page(chosen, _cursor(deps, list_id, position), more)
+
+
+async def _swiped_among(deps: SwipeDeps, viewer_id: uuid.UUID, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    # The rule of domain.swipes.already_swiped (read-your-writes: a swipe still queued counts, an undo
+    # still queued un-counts), its two reads sent at once: only who, not which swipe, is wanted here.
+    pending, written = await asyncio.gather(deps.queue.pending(viewer_id, ids), deps.relations.swipes(viewer_id, ids))
+    return {t for t, s in pending.items() if s is not None} | {t for t in written if t not in pending}
+
+
+def _cursor(deps: NearbyDeps, list_id: str, position: int) -> str:
+    return encode_cursor(deps.cursor_key, "nearby", [list_id, position])

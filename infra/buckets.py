@@ -1,0 +1,203 @@
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import date, timedelta
+from functools import lru_cache
+
+import redis.asyncio as aioredis
+
+from domain.geo import index_of
+from domain.model import Gender
+from domain.ranking import Listing, Ranked
+from domain.tags import CATALOGUE
+
+# Buckets are hashes, one per geohash cell as in the design's location_<geohash> sets, each field a
+# user id (16 raw bytes) and its value the short record discovery filters and ranks on. Reading a
+# radius is then one HGETALL per cell and no lookup per person; each cell is its own key (its own
+# cluster slot), and adding or removing a person touches one key at a time. Chosen over Redis GEO:
+# positions are snapped cells anyway, and a GEO set keeps no record beside the member.
+_GENDER = {Gender.WOMAN: "W", Gender.MAN: "M", Gender.NONBINARY: "N"}
+_BY_LETTER = {v: k for k, v in _GENDER.items()}
+# Records store tags by their position in the catalogue: the catalogue only ever grows at the end.
+_TAG_INDEX = {tag.slug: i for i, tag in enumerate(CATALOGUE)}
+
+
+def encode_listing(listing: Listing) -> str:
+    tags = ",".join(str(_TAG_INDEX[t]) for t in listing.tags if t in _TAG_INDEX)
+    active = listing.active_on.strftime("%Y%m%d") if listing.active_on else ""
+    show_me = "".join(sorted(_GENDER[g] for g in listing.show_me))
+    return (f"{listing.cell}|{_GENDER[listing.gender]}|{listing.birth_date:%Y%m%d}|{show_me}|{listing.age_min}|"
+            f"{listing.age_max}|{listing.max_distance_km}|{tags}|{active}")
+
+
+# The parts of a record that many people share (days, gender sets, tag lists) are decoded once and
+# shared: they are immutable.
+@lru_cache(maxsize=1 << 15)
+def _day(raw: str) -> date:
+    return date(int(raw[:4]), int(raw[4:6]), int(raw[6:8]))
+
+
+@lru_cache(maxsize=64)
+def _genders(letters: str) -> frozenset[Gender]:
+    return frozenset(_BY_LETTER[g] for g in letters)
+
+
+@lru_cache(maxsize=1 << 14)
+def _tags(raw: str) -> tuple[str, ...]:
+    return tuple(CATALOGUE[int(i)].slug for i in raw.split(",")) if raw else ()
+
+
+def decode_listing(user: bytes, raw: bytes) -> Listing:
+    cell, gender, birth, show_me, age_min, age_max, distance, tags, active = raw.decode().split("|")
+    return Listing(
+        uuid.UUID(bytes=user), cell, _BY_LETTER[gender], _day(birth), _genders(show_me),
+        int(age_min), int(age_max), int(distance), _tags(tags), _day(active) if active else None,
+    )
+
+
+# A dense city's buckets are read for every new list there, and change far less often than that. So
+# every write to a bucket ends by giving it a new random version, and a reader keeps what it decoded
+# with the version it saw first: the next reader asks for versions only, and reads again just the
+# buckets whose version moved. The version is read before the records, and written after them, so
+# kept records are never older than their version says. Versions live in one hash per index cell (a
+# radius spans a few: a few commands, each on one key). A writer predating versions (during a
+# rolling deploy) is covered by keeping nothing longer than KEPT_FOR seconds.
+KEPT_LISTINGS = 50_000  # per process, about 0.7 KB each
+KEPT_FOR = 30.0
+
+
+class RedisBuckets:
+    def __init__(self, redis: aioredis.Redis, prefix: str, *, kept_listings: int = KEPT_LISTINGS,
+                 kept_for: float = KEPT_FOR) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._kept_listings = kept_listings
+        self._kept_for = kept_for
+        self._kept: dict[str, tuple[bytes, float, list[Listing]]] = {}  # cell: version, read at, listings
+        self._kept_count = 0
+
+    def bucket_key(self, bucket: str) -> str:
+        return f"{self._prefix}{{loc:{bucket}}}"
+
+    def versions_key(self, index_cell: str) -> str:
+        return f"{self._prefix}{{locv:{index_cell}}}"
+
+    def index_key(self, index_cell: str) -> str:
+        return f"{self._prefix}{{loci:{index_cell}}}"
+
+    async def listings(self, cells: Sequence[str]) -> list[Listing]:
+        groups: dict[str, list[str]] = {}
+        for cell in cells:
+            groups.setdefault(index_of(cell), []).append(cell)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for index_cell, members in groups.items():
+                pipe.hmget(self.versions_key(index_cell), members)
+            replies = await pipe.execute()
+        version_of = {cell: v for members, found in zip(groups.values(), replies, strict=True)
+                      for cell, v in zip(members, found, strict=True)}
+        versions = [version_of[cell] for cell in cells]
+        now = time.monotonic()
+        by_cell: dict[str, list[Listing]] = {}
+        to_read: list[tuple[str, bytes | None]] = []
+        for cell, version in zip(cells, versions, strict=True):
+            kept = self._kept.get(cell)
+            if version is not None and kept is not None and kept[0] == version and now - kept[1] <= self._kept_for:
+                by_cell[cell] = kept[2]
+            else:
+                to_read.append((cell, version))
+        if to_read:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for cell, _ in to_read:
+                    pipe.hgetall(self.bucket_key(cell))
+                replies = await pipe.execute()
+            for (cell, version), reply in zip(to_read, replies, strict=True):
+                by_cell[cell] = found = [decode_listing(user, raw) for user, raw in reply.items()]
+                if version is not None:  # no version: written before versions, or not at all
+                    self._keep(cell, version, now, found)
+        return [listing for cell in cells for listing in by_cell[cell]]
+
+    def _keep(self, cell: str, version: bytes, now: float, found: list[Listing]) -> None:
+        earlier = self._kept.pop(cell, None)
+        if earlier is not None:
+            self._kept_count -= len(earlier[2])
+        self._kept[cell] = (version, now, found)
+        self._kept_count += len(found)
+        while self._kept_count > self._kept_listings and self._kept:
+            oldest = next(iter(self._kept))  # dicts keep insertion order: the longest kept goes first
+            self._kept_count -= len(self._kept.pop(oldest)[2])
+
+    async def listed_children(self, index_cells: Sequence[str]) -> list[str]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for cell in index_cells:
+                pipe.smembers(self.index_key(cell))
+            replies = await pipe.execute()
+        return [member.decode() for reply in replies for member in reply]
+
+    async def apply(self, listed: Sequence[tuple[str, Listing]], unlisted: Sequence[tuple[str, uuid.UUID]]) -> None:
+        """Lists people in their buckets and takes them out of others; every command touches one key.
+
+        Additions go first: someone moving is briefly in two cells, never in none. Replaying the
+        same call changes no listing (only the versions of the buckets it touches)."""
+        touched: dict[str, None] = {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for bucket, listing in listed:
+                pipe.hset(self.bucket_key(bucket), listing.user_id.bytes, encode_listing(listing))
+                # The index only grows: a stale entry costs one empty read, a missing one hides people.
+                pipe.sadd(self.index_key(index_of(bucket)), bucket)
+                touched[bucket] = None
+            for bucket, user_id in unlisted:
+                pipe.hdel(self.bucket_key(bucket), user_id.bytes)
+                touched[bucket] = None
+            # Last, after every change to the bucket (one connection runs them in order).
+            version = os.urandom(8)
+            by_index: dict[str, list[str | bytes]] = {}
+            for bucket in touched:
+                by_index.setdefault(index_of(bucket), []).extend((bucket, version))
+            for index_cell, fields in by_index.items():
+                pipe.hset(self.versions_key(index_cell), items=fields)
+            await pipe.execute()
+
+
+_HEADER = b"v1"  # first element of every list, so an empty list still exists until it expires
+
+
+def encode_ranked(entry: Ranked) -> bytes:
+    return entry.user_id.bytes + _ranked_tail(entry.band, entry.shared_tags, entry.active_recently, entry.super_like)
+
+
+@lru_cache(maxsize=1 << 12)  # the entries of a list differ in their ids, far less in the rest
+def _ranked_tail(band: int, shared_tags: tuple[str, ...], active_recently: bool, super_like: bool) -> bytes:
+    tags = ",".join(str(_TAG_INDEX[t]) for t in shared_tags if t in _TAG_INDEX)
+    return f"{band}|{tags}|{int(active_recently)}|{int(super_like)}".encode()
+
+
+def decode_ranked(raw: bytes) -> Ranked:
+    band, tags, active, super_like = raw[16:].decode().split("|")
+    shared = tuple(CATALOGUE[int(i)].slug for i in tags.split(",")) if tags else ()
+    return Ranked(uuid.UUID(bytes=raw[:16]), int(band), shared, active == "1", super_like == "1", 0.0)
+
+
+class RedisCandidateLists:
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    def _key(self, viewer: uuid.UUID, list_id: str) -> str:
+        # The viewer's hash tag: their lists live beside their other keys.
+        return f"{self._prefix}{{u:{viewer}}}:nearby:{list_id}"
+
+    async def save(self, viewer: uuid.UUID, list_id: str, entries: Sequence[Ranked], ttl: timedelta) -> None:
+        key = self._key(viewer, list_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, _HEADER, *(encode_ranked(e) for e in entries))
+            pipe.pexpire(key, int(ttl.total_seconds() * 1000))
+            await pipe.execute()
+
+    async def read(self, viewer: uuid.UUID, list_id: str, start: int, count: int) -> list[Ranked] | None:
+        key = self._key(viewer, list_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(key)
+            pipe.lrange(key, start + 1, start + count)
+            exists, raw = await pipe.execute()
+        return [decode_ranked(r) for r in raw] if exists else None

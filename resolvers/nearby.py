@@ -1,0 +1,81 @@
+import asyncio
+from datetime import datetime
+
+from domain import locations
+from domain.errors import DomainError
+from domain.geo import band_label, cell_size_km
+from domain.locations import Whereabouts
+from domain.nearby import Filter, nearby
+from domain.tags import BY_SLUG
+from resolvers.context import Info
+from schema.accounts import InterestTagGQL, PersonGQL
+from schema.errors import error_member
+from schema.nearby import (
+    BANDS,
+    CandidateConnectionGQL,
+    CandidateEdgeGQL,
+    CandidateGQL,
+    MyLocationGQL,
+    NearbyFilterInput,
+    UpdateLocationResult,
+    WhyShownGQL,
+)
+from schema.swipes import PageInfoGQL
+
+
+def _my_location(where: Whereabouts, now: datetime, info: Info) -> MyLocationGQL | None:
+    found = where.current(now, info.context.ports.places.limits.device_fresh_for)
+    if found is None:
+        return None
+    cell, source, at = found
+    return MyLocationGQL(source=source, updated_at=at, cell_size_km=round(cell_size_km(cell), 1))
+
+
+async def update_location(info: Info, latitude: float, longitude: float, accuracy_meters: float
+                          ) -> UpdateLocationResult:
+    principal = await info.context.require_user()
+    ports = info.context.ports
+    now = ports.clock()
+    try:
+        where = await locations.update_from_device(ports.places, principal.user_id, latitude, longitude,
+                                                   accuracy_meters, now)
+    except DomainError as exc:
+        return error_member(exc)
+    found = _my_location(where, now, info)
+    assert found is not None  # a device position was just stored
+    return found
+
+
+async def my_location(info: Info) -> MyLocationGQL | None:
+    principal = await info.context.require_user()
+    ports = info.context.ports
+    where = await ports.places.locations.get(principal.user_id)
+    return None if where is None else _my_location(where, ports.clock(), info)
+
+
+async def nearby_candidates(info: Info, first: int | None = 20, after: str | None = None,
+                            filter: NearbyFilterInput | None = None) -> CandidateConnectionGQL:
+    principal = await info.context.require_user()
+    ports = info.context.ports
+    now = ports.clock()
+    given = Filter() if filter is None else Filter(
+        filter.max_distance_km, filter.age_min, filter.age_max,
+        None if filter.genders is None else frozenset(filter.genders),
+    )
+    # Activity is noted alongside (at most one write an hour), not after: it waits on nothing here.
+    page, _ = await asyncio.gather(nearby(ports.nearby, principal.user_id, first, after, given, now),
+                                   ports.places.activity.touch(principal.user_id, now))
+    today = now.date()
+    edges = [
+        CandidateEdgeGQL(cursor=c.cursor, node=CandidateGQL(
+            person=PersonGQL.from_domain(c.person, today),
+            why_shown=WhyShownGQL(
+                shared_tags=[InterestTagGQL.from_domain(BY_SLUG[t]) for t in c.why.shared_tags if t in BY_SLUG],
+                distance=BANDS[c.why.band], distance_label=band_label(c.why.band),
+                active_recently=c.why.active_recently and c.person.show_activity, super_liked_you=c.why.super_like,
+            ),
+        ))
+        for c in page.candidates
+    ]
+    return CandidateConnectionGQL(edges=edges, page_info=PageInfoGQL(has_next_page=page.has_next,
+                                                                     end_cursor=page.end_cursor))
