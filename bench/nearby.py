@@ -6,7 +6,10 @@ new viewer each time) and following pages over HTTP GraphQL. The raw baseline is
 the same people in the radius, measured in the same run on the same (shared, noisy) machine: only
 the ratios are meant to be compared across runs. The last line of stdout is JSON.
 
-    .venv/bin/python bench/nearby.py [--users 1000000] [--viewers 200] [--radius-km 10]
+    .venv/bin/python bench/nearby.py [--users 1000000] [--viewers 220] [--radius-km 10] [--breakdown 60]
+
+Besides the targets' figures it reports an in-process breakdown of one list (each port call timed,
+caches warm and emptied), and the `me` query and an ids-only page as floors for HTTP and GraphQL.
 """
 
 import argparse
@@ -68,6 +71,9 @@ LOCATE = """mutation($lat: Float!, $lon: Float!, $acc: Float!) {
   updateLocation(latitude: $lat, longitude: $lon, accuracyMeters: $acc) {
     __typename ... on MyLocation { source } ... on Error { code message } } }"""
 ME = "query { me { id } }"
+# The same pages with almost nothing selected: tells the GraphQL execution of the full selection apart.
+NEARBY_IDS = """query($first: Int, $after: String) {
+  nearbyCandidates(first: $first, after: $after) { edges { node { person { id } } } pageInfo { endCursor } } }"""
 COPY_CHUNK = 50_000
 COPY_CONNECTIONS = 3
 NAMES = ("Ana", "Ben", "Chloé", "Dmitri", "Emma", "Farid", "Grace", "Hiro", "Inès", "Jonas", "Kofi", "Lena",
@@ -388,6 +394,7 @@ def geosearch_baseline(url: str, key: str, points: list[tuple[uuid.UUID, float, 
 def measure(settings: Settings, log_dir: Path, world: World, tokens: list[str], args: argparse.Namespace
             ) -> dict[str, Any]:
     warmup = args.warmup
+    load_before = round(os.getloadavg()[0], 2)
     geo_key = f"{settings.redis_prefix}bench:geo"
     at = (METRO[1], METRO[2])
     geo_before, found = geosearch_baseline(settings.redis_url, geo_key, world.metro_points, at, args.radius_km,
@@ -433,6 +440,12 @@ def measure(settings: Settings, log_dir: Path, world: World, tokens: list[str], 
                         next_sizes.append(len(page["edges"]))
                     cursors[i] = page["pageInfo"]["endCursor"] if page["pageInfo"]["hasNextPage"] else None
             next_cpu = cpu(server) - cpu0
+            bare = []
+            for i, token in enumerate(tokens):
+                if cursors[i] is not None:
+                    elapsed, data = api.post(token, NEARBY_IDS, {"first": PAGE, "after": cursors[i]})
+                    if i >= warmup and len(data["nearbyCandidates"]["edges"]) == PAGE:
+                        bare.append(elapsed)
         finally:
             api.client.close()
     geo_after, _ = geosearch_baseline(settings.redis_url, geo_key, world.metro_points, at, args.radius_km,
@@ -454,7 +467,9 @@ def measure(settings: Settings, log_dir: Path, world: World, tokens: list[str], 
         "first_page_server_cpu_ms": ms(first_cpu / len(firsts)),
         "first_page_server_util": round(first_cpu / first_wall, 2),
         "next_page_server_cpu_ms": ms(next_cpu / max(1, len(nexts))),
-        "me_query_p50_ms": ms(statistics.median(floor)), "first_page_first_request_ms": ms(very_first),
+        "me_query_p50_ms": ms(statistics.median(floor)), "load_average_1m_before_api": load_before,
+        "next_page_ids_only_p50_ms": ms(statistics.median(bare)) if bare else None,
+        "first_page_first_request_ms": ms(very_first),
         "first_page_samples": len(firsts), "next_page_samples": len(nexts),
         "first_page_edges_min": min(sizes), "next_page_edges_min": min(next_sizes),
     }
@@ -537,6 +552,7 @@ async def breakdown(settings: Settings, viewers: list[uuid.UUID], positions: lis
                 for cached in (geo.centre, geo.cover, ranking_module._band_between):
                     cached.cache_clear()
                 cold = replace(deps, buckets=RedisBuckets(runtime.redis, settings.redis_prefix))
+                spans.wrap(cold.buckets, "listings", "redis_buckets")
                 started = time.perf_counter()
                 await nearby_module.nearby(cold, viewer, PAGE, None, nearby_module.Filter(), datetime.now(UTC))
                 colds.append(time.perf_counter() - started)
@@ -600,6 +616,7 @@ def main() -> int:
             figures["breakdown_in_process"] = asyncio.run(breakdown(settings, extra, extra_at))
     met = all(figures[name] <= target for name, target in TARGETS.items())
     figures |= {"users": args.users, "targets": TARGETS, "met": met, "cpus": os.cpu_count(),
+                "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # others' work on the machine shows here
                 "settings": {"radius_km": args.radius_km, "dense": args.dense, "viewers": args.viewers,
                              "warmup": args.warmup, "next_pages": args.next_pages, "updaters": args.updaters,
                              "breakdown": args.breakdown,

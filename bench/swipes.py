@@ -57,7 +57,7 @@ LIKE = ('mutation($id: ID!) { like(userId: $id) { __typename ... on Swipe { dire
 NOOP = "mutation { benchNoop }"
 WARMUP_S = 2.0
 WRITER_POOL = 4  # as workers/swipe_writer.main
-RELATION_TABLES = ("swipes", "like_pairs", "matches", "user_matches", "super_likes_received")
+RELATION_TABLES = ("swipes", "matches", "user_matches", "super_likes_received")
 
 log = logging.getLogger("bench")
 

@@ -1,6 +1,7 @@
 import hashlib
 import re
 import secrets
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -10,7 +11,7 @@ from domain.events import SessionsEnded
 from domain.ids import new_id
 from domain.model import MAX_AGE, MIN_AGE, Gender, Principal, Session, Tokens, User, age_on
 from domain.ports import EventPublisher, PasswordHasher, SessionRepo, TokenSigner, UserRepo
-from domain.text import clean_text, has_lone_surrogate
+from domain.text import clean_text, has_lone_surrogate, visible
 
 PASSWORD_MIN = 8
 PASSWORD_MAX = 128
@@ -39,7 +40,8 @@ class SignUp:
 
 def normalise_email(raw: str) -> str:
     email = clean_text(raw, "email", max_len=254).casefold()
-    if not _EMAIL.match(email):
+    # Invisible characters would make a second account of the same-looking address.
+    if not _EMAIL.match(email) or any(unicodedata.category(ch) == "Cf" for ch in email):
         raise InputError(Code.INVALID_EMAIL, "Not a valid email address", "email")
     return email
 
@@ -61,7 +63,10 @@ def check_birth_date(birth: date, today: date) -> None:
 
 
 def display_name(raw: str) -> str:
-    return clean_text(raw, "displayName", max_len=DISPLAY_NAME_MAX, min_len=1)
+    name = clean_text(raw, "displayName", max_len=DISPLAY_NAME_MAX, min_len=1)
+    if not visible(name):
+        raise InputError(Code.TEXT_TOO_SHORT, "displayName must show at least one character", "displayName")
+    return name
 
 
 def _hash_secret(secret: str) -> bytes:

@@ -6,6 +6,7 @@ from typing import Protocol
 
 from domain.errors import Code, DomainError, InputError, LimitReached
 from domain.geo import bucket_of, centre, distance_km, snap, valid_position
+from domain.ids import new_id
 from domain.ports import Quotas
 
 
@@ -71,6 +72,7 @@ class LocationDeps:
 
 
 MAX_ACCURACY_M = 100_000.0
+TRAVEL_SLACK_KM = 3.0
 
 
 async def _store(deps: LocationDeps, where: Whereabouts, now: datetime) -> None:
@@ -102,11 +104,13 @@ async def _check_limits(deps: LocationDeps, where: Whereabouts, cell: str, now: 
     if where.device_cell and where.device_at and cell != where.device_cell:
         hours = max((now - where.device_at).total_seconds() / 3600, 1e-6)
         distance = distance_km(centre(where.device_cell), centre(cell))
-        # Snapping moves a position by up to a cell; only clear jumps count as travel.
-        if distance > 10 and distance / hours > limits.max_speed_kmh:
+        # Snapping moves a position by up to a cell (1.4 km): jumps within that slack are noise. The
+        # slack is granted per update, and updates are limited, so small steps cannot add up to a flight.
+        if distance > limits.max_speed_kmh * hours + TRAVEL_SLACK_KM:
             raise DomainError(Code.IMPOSSIBLE_TRAVEL, "That position is too far from your last one for the time")
+    # A token of its own per update: two updates in the same millisecond are two updates.
     wait = await deps.quotas.take(where.user_id, "location", limits.updates_per_hour, timedelta(hours=1), now,
-                                  str(round(now.timestamp() * 1000)))
+                                  new_id().hex)
     if wait:
         raise LimitReached(Code.RATE_LIMITED, "Too many location updates", wait)
     # The same cell again is free; a new one counts towards the day's distinct positions.

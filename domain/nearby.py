@@ -10,9 +10,10 @@ from domain.errors import Code, DomainError, InputError
 from domain.geo import MAX_RADIUS_KM, Point, centre, cover, kept
 from domain.ids import new_id
 from domain.locations import LocationDeps
-from domain.model import MAX_AGE, MIN_AGE, Gender, User, Visibility
+from domain.model import MIN_AGE, Gender, User, Visibility
+from domain.profiles import MAX_AGE_FILTER
 from domain.ranking import Listing, Ranked, Wanted, rank
-from domain.swipes import SwipeDeps
+from domain.swipes import SwipeDeps, already_swiped
 
 # Enough people for days of swiping; the nearest cells are read first, so a dense city stops early.
 MAX_POOL = 3000
@@ -78,8 +79,11 @@ def wanted_by(user: User, given: Filter) -> Wanted:
     )
     if not 1 <= wanted.max_distance_km <= MAX_RADIUS_KM:
         raise InputError(Code.INVALID_DISTANCE, f"Distance must be 1 to {MAX_RADIUS_KM} km", "maxDistanceKm")
-    if not MIN_AGE <= wanted.age_min <= wanted.age_max <= MAX_AGE:
-        raise InputError(Code.INVALID_AGE_RANGE, f"Ages must satisfy {MIN_AGE} <= min <= max <= {MAX_AGE}", "ageMin")
+    if not MIN_AGE <= wanted.age_min <= wanted.age_max <= MAX_AGE_FILTER:
+        # The same bounds as the saved settings; the field named is the one given that breaks them.
+        field = "ageMax" if given.age_max is not None and not MIN_AGE <= given.age_max <= MAX_AGE_FILTER else "ageMin"
+        raise InputError(Code.INVALID_AGE_RANGE,
+                         f"Ages must satisfy {MIN_AGE} <= min <= max <= {MAX_AGE_FILTER}", field)
     if not wanted.genders:
         raise InputError(Code.INVALID_INPUT, "Choose at least one gender", "genders")
     return wanted
@@ -153,7 +157,7 @@ async def _page(deps: NearbyDeps, viewer_id: uuid.UUID, list_id: str, start: int
         ids = [entry.user_id for entry in chunk]
         # The checks are independent: asked at once, profiles for the whole chunk.
         swiped, blocked, people = await asyncio.gather(
-            _swiped_among(deps.swipes, viewer_id, ids), deps.blocks.blocked_among(viewer_id, ids),
+            already_swiped(deps.swipes, viewer_id, ids), deps.blocks.blocked_among(viewer_id, ids),
             deps.swipes.users.get_many(ids),
         )
         read_to = position + len(chunk)
@@ -173,13 +177,6 @@ async def _page(deps: NearbyDeps, viewer_id: uuid.UUID, list_id: str, start: int
     else:
         more = bool(await deps.lists.read(viewer_id, list_id, position, 1))
     return Page(chosen, _cursor(deps, list_id, position), more)
-
-
-async def _swiped_among(deps: SwipeDeps, viewer_id: uuid.UUID, ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    # The rule of domain.swipes.already_swiped (read-your-writes: a swipe still queued counts, an undo
-    # still queued un-counts), its two reads sent at once: only who, not which swipe, is wanted here.
-    pending, written = await asyncio.gather(deps.queue.pending(viewer_id, ids), deps.relations.swipes(viewer_id, ids))
-    return {t for t, s in pending.items() if s is not None} | {t for t in written if t not in pending}
 
 
 def _cursor(deps: NearbyDeps, list_id: str, position: int) -> str:

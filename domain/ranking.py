@@ -114,6 +114,7 @@ def rank(viewer: Listing, wanted: Wanted, candidates: Iterable[Listing], today: 
     bands: dict[str, int] = {}
     reaches: dict[int, int] = {}
     pool: list[tuple[Listing, int]] = []  # (listing, band)
+    seen: set[int] = set()
     for other in candidates:
         if other.gender not in genders or viewer_gender not in other.show_me:
             continue
@@ -132,8 +133,11 @@ def rank(viewer: Listing, wanted: Wanted, candidates: Iterable[Listing], today: 
         theirs = reaches.get(other.max_distance_km)
         if theirs is None:
             theirs = reaches[other.max_distance_km] = radius_band(other.max_distance_km)
-        if band > theirs or other.user_id.int == viewer_id:
+        uid = other.user_id.int
+        # Someone moving is briefly listed in two buckets: they still count once.
+        if band > theirs or uid == viewer_id or uid in seen:
             continue
+        seen.add(uid)
         pool.append((other, band))
     # Rarer tags weigh more, rarity measured among the people actually in reach.
     counts = Counter(chain.from_iterable(map(set, [other.tags for other, _ in pool])))

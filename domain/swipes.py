@@ -104,18 +104,18 @@ class SwipeDeps:
     limits: Limits
 
 
-def _target_id(viewer: uuid.UUID, raw_id: str) -> uuid.UUID:
+def _target_id(viewer: uuid.UUID, raw_id: str, self_code: Code = Code.CANNOT_SWIPE_SELF) -> uuid.UUID:
     other_id = parse_id(raw_id)
     if other_id is None:
         raise InputError(Code.INVALID_ID, "Not a valid user id", "userId")
     if other_id == viewer:
-        raise InputError(Code.CANNOT_SWIPE_SELF, "That is you", "userId")
+        raise InputError(self_code, "That is you", "userId")
     return other_id
 
 
 async def visible_other(deps: SwipeDeps, viewer: uuid.UUID, raw_id: str) -> User:
     """The person behind an id, if the viewer may act on them; otherwise they do not exist for them."""
-    other_id = _target_id(viewer, raw_id)
+    other_id = _target_id(viewer, raw_id, Code.CANNOT_TARGET_SELF)
     other = await deps.users.get(other_id)
     if other is None or await deps.relations.blocked_either_way(viewer, other_id):
         raise NotFound("Person")
@@ -146,8 +146,10 @@ async def swipe(deps: SwipeDeps, user_id: uuid.UUID, raw_target: str, direction:
         quotas.append(Quota("like", deps.limits.likes_per_day))
     if super_like:
         quotas.append(Quota("super", deps.limits.super_likes_per_day))
-    # Swiping the same person again changes nothing: the queue answers with the earlier swipe.
-    accepted = await deps.queue.enqueue(Swipe(user_id, target_id, direction, super_like, now), quotas, written)
+    # Swiping the same person again changes nothing: the queue answers with the earlier swipe. The
+    # queue keeps whole milliseconds, so the first answer is already what every later one will say.
+    at = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    accepted = await deps.queue.enqueue(Swipe(user_id, target_id, direction, super_like, at), quotas, written)
     return accepted, target
 
 
@@ -206,7 +208,11 @@ class ReportReason(str, Enum):
 async def report(deps: SwipeDeps, user_id: uuid.UUID, raw_id: str, reason: ReportReason, details: str,
                  now: datetime) -> None:
     text = clean_text(details, "details", max_len=REPORT_DETAILS_MAX, multiline=True)
-    other = await visible_other(deps, user_id, raw_id)
+    # Anyone who exists may be reported, blocked or not: a harasser who blocks first must not
+    # escape a report that way.
+    other = await deps.users.get(_target_id(user_id, raw_id, Code.CANNOT_TARGET_SELF))
+    if other is None:
+        raise NotFound("Person")
     await deps.relations.report(user_id, other.id, reason.value, text, now)
     await _block(deps, user_id, other.id, now)
 

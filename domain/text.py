@@ -22,7 +22,8 @@ def clean_text(
     # Cheap bound before normalising, so a megabyte of text is not normalised only to be refused.
     if len(value) > max_len * 4:
         raise InputError(Code.TEXT_TOO_LONG, f"{field} is longer than {max_len} characters", field)
-    text = unicodedata.normalize("NFC", value).strip()
+    # Windows line ends are line ends too.
+    text = unicodedata.normalize("NFC", value.replace("\r\n", "\n") if multiline else value).strip()
     for ch in text:
         category = unicodedata.category(ch)
         forbidden = category in ("Cc", "Co", "Cn") or ch in _BIDI_OVERRIDES
@@ -33,3 +34,8 @@ def clean_text(
     if len(text) < min_len:
         raise InputError(Code.TEXT_TOO_SHORT, f"{field} must be at least {min_len} characters", field)
     return text
+
+
+def visible(text: str) -> bool:
+    """Whether anything in it would show: a name of zero-width characters alone shows nothing."""
+    return any(unicodedata.category(ch)[0] not in ("C", "Z") for ch in text)

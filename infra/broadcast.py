@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -31,6 +31,11 @@ class BroadcastConnectionLost(Exception):
     """The Redis connection dropped: events published meanwhile were missed."""
 
 
+_PUBLISH_ALL = """
+for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
 # Compared by identity: the listener puts it in every subscriber queue when the connection drops.
 _LOST = Event(channel="", message="")
 
@@ -50,6 +55,7 @@ class _RedisBackend(BroadcastBackend):
         self._lock = asyncio.Lock()  # one (un)subscribe or resubscribe at a time
         self._awaited: tuple[str, bytes, asyncio.Future[None]] | None = None
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()  # None: connection lost
+        self._publish_all = self._redis.register_script(_PUBLISH_ALL)
         self._supervisor: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
@@ -64,6 +70,11 @@ class _RedisBackend(BroadcastBackend):
 
     async def publish(self, channel: str, message: Any) -> None:
         await self._redis.publish(channel, message)
+
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        # One command for them all, in order: a pipeline costs the client several times more per
+        # message than packing two more arguments does.
+        await self._publish_all([], [part for message in messages for part in message])
 
     async def next_published(self) -> Event:
         event = await self._events.get()
@@ -181,6 +192,13 @@ class _Subscriber(Subscriber):
 
 
 class _Broadcast(Broadcast):
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        if isinstance(self._backend, _RedisBackend):
+            await self._backend.publish_many(messages)
+            return
+        for channel, message in messages:
+            await self._backend.publish(channel, message)
+
     async def _listener(self) -> None:
         while True:
             try:

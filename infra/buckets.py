@@ -16,7 +16,11 @@ from domain.tags import CATALOGUE
 # user id (16 raw bytes) and its value the short record discovery filters and ranks on. Reading a
 # radius is then one HGETALL per cell and no lookup per person; each cell is its own key (its own
 # cluster slot), and adding or removing a person touches one key at a time. Chosen over Redis GEO:
-# positions are snapped cells anyway, and a GEO set keeps no record beside the member.
+# positions are snapped cells anyway, and a GEO set keeps no record beside the member, so filtering
+# and ranking would need a second lookup per person. Measured by bench/nearby.py on 1,000,000
+# people (2,020 listings read for a 10 km radius in Paris): reading the buckets costs 0.36 ms while
+# their versions are unchanged and 1.5 ms when they must be fetched again, against 1.8 ms for a bare
+# GEOSEARCH WITHDIST of the same people; about 95 bytes of Redis per person.
 _GENDER = {Gender.WOMAN: "W", Gender.MAN: "M", Gender.NONBINARY: "N"}
 _BY_LETTER = {v: k for k, v in _GENDER.items()}
 # Records store tags by their position in the catalogue: the catalogue only ever grows at the end.
@@ -61,8 +65,10 @@ def decode_listing(user: bytes, raw: bytes) -> Listing:
 # with the version it saw first: the next reader asks for versions only, and reads again just the
 # buckets whose version moved. The version is read before the records, and written after them, so
 # kept records are never older than their version says. Versions live in one hash per index cell (a
-# radius spans a few: a few commands, each on one key). A writer predating versions (during a
-# rolling deploy) is covered by keeping nothing longer than KEPT_FOR seconds.
+# radius spans a few: a few commands, each on one key). Nothing is kept longer than KEPT_FOR seconds:
+# that bounds what a writer predating versions (during a rolling deploy) could leave unseen, and on a
+# cluster, where a pipeline's commands to different slots are not ordered, a version landing before
+# its records. Either way no staler than the ranked lists, which are kept for hours.
 KEPT_LISTINGS = 50_000  # per process, about 0.7 KB each
 KEPT_FOR = 30.0
 

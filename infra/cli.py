@@ -38,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         create_app(settings), host=args.host or settings.host, port=settings.port,
         # Forwarding headers count only from configured proxies; anyone else could forge them.
         proxy_headers=bool(trusted), forwarded_allow_ips=trusted or "",
-        ws_ping_interval=20, ws_ping_timeout=20, timeout_graceful_shutdown=10,
+        ws_ping_interval=20, ws_ping_timeout=20, timeout_graceful_shutdown=10, ws_max_size=settings.max_body_bytes,
         log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False,
     )
     return 0

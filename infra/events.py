@@ -1,6 +1,6 @@
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from broadcaster import Broadcast
@@ -21,8 +21,10 @@ def encode(event: UserEvent) -> str:
                            "reason": event.reason})
     if isinstance(event, MatchCreated | MatchEnded):
         kind = "match_created" if isinstance(event, MatchCreated) else "match_ended"
-        return json.dumps({"type": kind, "user": str(event.user_id), "match": str(event.match_id),
-                           "other": str(event.other_id)})
+        # What json.dumps makes of these four strings, in a fifth of the time (the swipe writer
+        # announces thousands a second); ids print as hex and hyphens, nothing to escape.
+        return (f'{{"type": "{kind}", "user": "{event.user_id}", "match": "{event.match_id}",'
+                f' "other": "{event.other_id}"}}')
     return json.dumps({"type": "profile_changed", "user": str(event.user_id)})
 
 
@@ -52,6 +54,16 @@ class UserChannels:
 
     async def publish(self, event: UserEvent) -> None:
         await self._broadcast.publish(self.channel(event.user_id), encode(event))
+
+    async def publish_many(self, events: Sequence[UserEvent]) -> None:
+        """The same as publishing each in turn, in one round trip where the broadcast allows it."""
+        messages = [(self.channel(event.user_id), encode(event)) for event in events]
+        many = getattr(self._broadcast, "publish_many", None)
+        if many is not None:
+            await many(messages)
+            return
+        for channel, message in messages:
+            await self._broadcast.publish(channel, message)
 
     @asynccontextmanager
     async def subscribe(self, user_id: uuid.UUID) -> AsyncIterator[AsyncIterator[UserEvent]]:

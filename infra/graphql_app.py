@@ -2,7 +2,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
@@ -17,6 +17,7 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import BaseSchema
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET
@@ -78,7 +79,40 @@ _GRAPHIQL_PATCHES = (
 )
 
 
+CLOSE_BAD_MESSAGE = 4400
+_REFUSALS = {
+    "SIGN_IN_REQUIRED": "connection_init needs {Authorization: 'Bearer <token>'}",
+    "TOKEN_EXPIRED": "The access token has expired: refresh it, then reconnect",
+    "TOKEN_INVALID": "The access token is not valid",
+    "SESSION_ENDED": "The session has ended: sign in again",
+}
+_OPERATION_TYPES = ("subscribe", "start")  # graphql-transport-ws, legacy graphql-ws
+
+
+def _malformed(message: object) -> str | None:
+    # strawberry's handlers index into frames without checking their shape: a list, a missing id or
+    # a null payload would end in a traceback and an abrupt close instead of a 4400.
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return "A message must be a JSON object with a string type"
+    if "id" in message and not isinstance(message["id"], str):
+        return "A message id must be a string"
+    if message["type"] in _OPERATION_TYPES and (
+            not isinstance(message.get("id"), str) or not isinstance(message.get("payload"), dict)):
+        return "An operation needs a string id and an object payload"
+    if "payload" in message and message["payload"] is not None and not isinstance(message["payload"], dict):
+        return "A payload must be a JSON object"
+    return None
+
+
 class _Socket(ASGIWebSocketAdapter):
+    async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
+        async for message in super().iter_json(ignore_parsing_errors=ignore_parsing_errors):
+            problem = _malformed(message)
+            if problem is not None:
+                await self.close(CLOSE_BAD_MESSAGE, problem)
+                return
+            yield message
+
     # A socket this app already closed (a refused init, an ended session) must not make strawberry
     # fail when it then tries to answer or close it as well.
     async def send_json(self, message: Mapping[str, object]) -> None:
@@ -120,8 +154,10 @@ class GraphQLApp(GraphQL[Context, None]):
             await self._check_request(request)
             response = await self.run(request)
         except HTTPException as exc:
-            response = self._error_response(request, exc.status_code, _STATUS_CODES.get(exc.status_code,
-                                            Code.BAD_REQUEST), exc.reason)
+            status = exc.status_code
+            if isinstance(exc.__cause__, InvalidOperationTypeError) and request.method == "GET":
+                status = 405  # a mutation over GET: the method is wrong, not the request (GraphQL over HTTP)
+            response = self._error_response(request, status, _STATUS_CODES.get(status, Code.BAD_REQUEST), exc.reason)
         except HttpError as exc:
             response = self._error_response(request, exc.status, exc.code, exc.message)
         await response(scope, receive, send)
@@ -183,7 +219,8 @@ class GraphQLApp(GraphQL[Context, None]):
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         client = request.client.host if request.client else "unknown"
         header = None if isinstance(request, WebSocket) else request.headers.get("authorization")
-        return Context(self._ports(), client, uuid.uuid4().hex, bearer_token(header), transport=request)
+        return Context(self._ports(), client, uuid.uuid4().hex, bearer_token(header), transport=request,
+                       over_websocket=isinstance(request, WebSocket))
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)
@@ -219,12 +256,17 @@ class GraphQLApp(GraphQL[Context, None]):
         ws = context.transport
         if principal is None:
             reason = getattr(context.auth_error, "reason", "SIGN_IN_REQUIRED")
-            if getattr(ws.state, "subprotocol", None) == GRAPHQL_TRANSPORT_WS_PROTOCOL:
-                # strawberry would close with 4403, which graphql-ws clients retry with the same
-                # token; 4401 is final for them, and the reason says whether a refresh can help.
-                await ws.close(CLOSE_UNAUTHORIZED, reason)
-            raise ConnectionRejectionError({"code": Code.UNAUTHENTICATED.value, "reason": reason,
-                                            "message": "connection_init needs {Authorization: 'Bearer <token>'}"})
+            payload = {"code": Code.UNAUTHENTICATED.value, "reason": reason,
+                       "message": _REFUSALS.get(reason, _REFUSALS["SIGN_IN_REQUIRED"])}
+            if getattr(ws.state, "subprotocol", None) != GRAPHQL_TRANSPORT_WS_PROTOCOL:
+                # The legacy protocol has no close codes of its own; strawberry would close with
+                # 1011 (a server fault) after this message.
+                with suppress(RuntimeError, OSError):
+                    await ws.send_json({"type": "connection_error", "payload": payload})
+            # strawberry would close graphql-transport-ws with 4403, which graphql-ws clients retry
+            # with the same token; 4401 is final for them, and the reason says whether a refresh helps.
+            await self._close(ws, CLOSE_UNAUTHORIZED, reason)
+            raise ConnectionRejectionError(payload)
         self._watchers[id(ws)] = asyncio.create_task(self._watch_session(ws, principal))
         return None
 
@@ -254,12 +296,12 @@ class GraphQLApp(GraphQL[Context, None]):
     async def _watch_session(self, ws: WebSocket, principal: Principal) -> None:
         ports = self._ports()
         ttl = (principal.session_expires_at - ports.clock()).total_seconds()
-        code, reason = CLOSE_UNAUTHORIZED, "Session expired"
+        # The reason is a code clients switch on, as at connection_init.
+        code, reason = CLOSE_UNAUTHORIZED, "SESSION_ENDED"
         try:
             async with asyncio.timeout(max(ttl, 0)), ports.user_events.subscribe(principal.user_id) as events:
                 async for event in events:
                     if isinstance(event, SessionsEnded) and event.covers(principal.session_id):
-                        reason = f"Session ended: {event.reason}"
                         break
         except TimeoutError:
             pass

@@ -5,7 +5,8 @@ from datetime import datetime
 import asyncpg
 
 from domain.ids import new_id
-from domain.swipes import Direction, Match, Swipe, SwipeEntry, Undo
+from domain.swipes import Direction, Match, Swipe
+from infra.swipe_queue import DIRECTION, SUPER, TARGET, USER
 
 
 def pair(a: uuid.UUID, b: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
@@ -124,106 +125,163 @@ class PgRelations:
         return [Match(r["match_id"], user_id, r["other_id"], r["created_at"]) for r in rows]
 
 
-async def apply_swipes(conn: asyncpg.Connection, entries: Sequence[SwipeEntry]) -> list[Match]:
-    """Applies entries in order inside the caller's transaction; returns matches still to announce.
+# The writer hands PostgreSQL the stream entries as they are (infra/swipe_queue.py's format, checked
+# by decode_fields): S|user|target|L or D|super 0 or 1|ms, or U|user|target|ms, one a line in a
+# single text value. Splitting them here costs PostgreSQL less than building typed arrays costs the
+# writer (a text[] too costs asyncpg a few checks per element).
+_ENTRIES = "unnest(string_to_array($1::text, E'\\n')) AS x"
+_USER, _TARGET = "split_part(x, '|', 2)::uuid", "split_part(x, '|', 3)::uuid"
+_AT = "to_timestamp(split_part(x, '|', 6)::float8 / 1000)"
+_INSERT_SWIPES = (
+    "INSERT INTO swipes (user_id, target_id, direction, super_like, created_at)"
+    f" SELECT {_USER}, {_TARGET}, CASE split_part(x, '|', 4) WHEN 'L' THEN 'LIKE' ELSE 'DISLIKE' END,"
+    f" split_part(x, '|', 5) = '1', {_AT} FROM {_ENTRIES}"
+)
+# Entries never applied before: a plain INSERT (ON CONFLICT DO NOTHING costs PostgreSQL a third more),
+# and as it fails unless it inserts every entry, the super likes among them ($2) are all received.
+_INSERT_NEW_SWIPES = (
+    f"WITH swiped AS ({_INSERT_SWIPES}) INSERT INTO super_likes_received (user_id, sender_id, created_at)"
+    f" SELECT {_TARGET}, {_USER}, {_AT} FROM {_ENTRIES.replace('$1', '$2')} ON CONFLICT DO NOTHING"
+)
+# Entries possibly applied before (a batch redelivered after a crash).
+_INSERT_SWIPES_AGAIN = _INSERT_SWIPES + " ON CONFLICT DO NOTHING"
+# Then a statement of its own, so that it sees the rows just inserted: a super like is received only
+# when that swipe is the one written. LATERAL ... LIMIT 1 keeps each lookup a single index probe; a
+# join would let the planner scan every partition.
+_INSERT_SUPER_LIKES = (
+    "INSERT INTO super_likes_received (user_id, sender_id, created_at)"
+    f" SELECT s.target_id, s.user_id, s.created_at FROM {_ENTRIES} CROSS JOIN LATERAL"
+    f" (SELECT user_id, target_id, created_at FROM swipes WHERE user_id = {_USER} AND target_id = {_TARGET}"
+    " AND direction = 'LIKE' AND super_like LIMIT 1) AS s ON CONFLICT DO NOTHING"
+)
+_MATCHED = "SELECT FROM matches WHERE low_id = least($1::uuid, $2::uuid) AND high_id = greatest($1::uuid, $2::uuid)"
+_UNDO = (
+    f"WITH gone AS (DELETE FROM swipes WHERE user_id = $1 AND target_id = $2 AND NOT EXISTS ({_MATCHED})"
+    " RETURNING direction, super_like, created_at),"
+    " unsent AS (DELETE FROM super_likes_received WHERE user_id = $2 AND sender_id = $1 AND EXISTS (SELECT FROM gone))"
+    " SELECT direction, super_like, created_at FROM gone"
+)
+_RESTORE = (
+    "WITH back AS (INSERT INTO swipes (user_id, target_id, direction, super_like, created_at)"
+    f" SELECT $1, $2, 'LIKE', $3, $4 WHERE EXISTS ({_MATCHED}) RETURNING super_like)"
+    " INSERT INTO super_likes_received (user_id, sender_id, created_at) SELECT $2, $1, $4 FROM back"
+    " WHERE super_like ON CONFLICT DO NOTHING"
+)
+# UUIDv7 as domain.ids.new_id makes them (48-bit milliseconds, version 7, variant 10), from the moment
+# the second like was given.
+_MATCH_ID = (
+    "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING"
+    " substring(int8send((extract(epoch FROM at) * 1000)::bigint) FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid"
+)
+# Run after the likes' own transaction committed. Of two writers committing the two halves of a pair
+# at once, the one whose statement starts later sees both (READ COMMITTED), so a pair is never missed;
+# the primary key makes a second match impossible. FOR KEY SHARE holds the other half until the match
+# is committed: an undo waiting on it finds the match afterwards (_undo). A lock is only taken on a
+# row found, so only pairs whose other half exists are locked.
+#
+# The like's own row needs looking up (and holding) only when the batch may have left it otherwise:
+# an undo in the batch, or a batch seen before. Otherwise its transaction inserted it, and only the
+# partition's owner could remove it, which the fence the caller claims keeps away until this commits.
+#
+# Whoever inserts the match announces it: low_completed records whose writer that was, so after a
+# crash before notified was set, replaying that batch announces it again (at least once), while the
+# other side's writer, looking at the same pair, leaves it alone (exactly once without crashes).
+def _match(look_up_own: bool) -> str:
+    # Split once: a lookup would otherwise split its entry again for every partition it considers.
+    # A batch with no undo and never seen before holds each like once, with the time of its row.
+    given = (f"SELECT DISTINCT {_USER} AS u, {_TARGET} AS t FROM {_ENTRIES}" if look_up_own
+             else f"SELECT {_USER} AS u, {_TARGET} AS t, {_AT} AS own_at FROM {_ENTRIES}")
+    own = (" CROSS JOIN LATERAL (SELECT created_at AS own_at FROM swipes WHERE user_id = l.u AND target_id = l.t"
+           " AND direction = 'LIKE' LIMIT 1 FOR KEY SHARE) AS a" if look_up_own else "")
+    return (
+        f"WITH given AS MATERIALIZED ({given}),"
+        " back AS MATERIALIZED (SELECT l.*, b.back_at FROM given AS l CROSS JOIN LATERAL"
+        " (SELECT created_at AS back_at FROM swipes WHERE user_id = l.t AND target_id = l.u"
+        " AND direction = 'LIKE' LIMIT 1 FOR KEY SHARE) AS b WHERE l.u <> l.t),"
+        " mutual AS (SELECT least(l.u, l.t) AS low_id, greatest(l.u, l.t) AS high_id, l.u < l.t AS by_low,"
+        f" greatest(own_at, back_at) AS at FROM back AS l{own}),"
+        " made AS (INSERT INTO matches (low_id, high_id, id, created_at, low_completed)"
+        f" SELECT DISTINCT ON (low_id, high_id) low_id, high_id, {_MATCH_ID}, at, by_low FROM mutual"
+        " ORDER BY low_id, high_id ON CONFLICT DO NOTHING RETURNING low_id, high_id, id, created_at),"
+        " sides AS (INSERT INTO user_matches (user_id, match_id, other_id, created_at)"
+        " SELECT low_id, id, high_id, created_at FROM made UNION ALL SELECT high_id, id, low_id, created_at FROM made)"
+        " SELECT low_id, high_id, id, created_at FROM made UNION ALL"
+        " SELECT m.low_id, m.high_id, m.id, m.created_at FROM mutual AS p CROSS JOIN LATERAL"
+        " (SELECT * FROM matches WHERE low_id = p.low_id AND high_id = p.high_id LIMIT 1) AS m"
+        " WHERE m.low_completed = p.by_low AND NOT m.notified"
+    )
+
+
+_MATCH, _MATCH_NEW = _match(look_up_own=True), _match(look_up_own=False)
+# For the rest of the transaction. Every lookup above is pruned to its partition at run time, so a
+# plan made for particular entries is no better than the generic one, and making it costs more than
+# running it (about 5 ms for _MATCH): without this, each connection would plan them five times over.
+_GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
+
+
+async def apply_swipes(conn: asyncpg.Connection, entries: Sequence[str], *, again: bool = True) -> bool:
+    """Applies raw stream entries in order inside the caller's transaction; True when it inserted
+    every swipe among them and undid none (what match_likes may then take for granted).
 
     Replaying entries that were applied before changes nothing, so a batch redelivered after a crash
-    is safe."""
-    segment: list[Swipe] = []
-    for entry in entries:
-        if isinstance(entry, Undo):
-            await _insert_swipes(conn, segment)
-            segment = []
-            await _undo(conn, entry)
-        else:
-            segment.append(entry)
-    await _insert_swipes(conn, segment)
-    likes = {pair(e.user_id, e.target_id) for e in entries if isinstance(e, Swipe) and e.direction is Direction.LIKE}
-    return await _unannounced(conn, sorted(likes))
+    is safe. An undo splits the batch: the same person may be swiped, undone and swiped again.
+
+    again=False assumes no entry was applied before, and raises UniqueViolationError (the transaction
+    is lost then) on one that was: the caller retries with again=True."""
+    await conn.execute(_GENERIC_PLANS)
+    undos = [i for i, raw in enumerate(entries) if raw[0] == "U"]
+    start = 0
+    for at in undos:
+        await _insert_swipes(conn, entries[start:at], again)
+        await _undo(conn, entries[at])
+        start = at + 1
+    await _insert_swipes(conn, entries[start:] if start else entries, again)
+    return not again and not undos
 
 
-async def _insert_swipes(conn: asyncpg.Connection, swipes: list[Swipe]) -> None:
+async def _insert_swipes(conn: asyncpg.Connection, swipes: Sequence[str], again: bool) -> None:
     if not swipes:
         return
-    # Only the likes come back: everything below is about likes, and most swipes are not.
-    inserted = await conn.fetch(
-        "WITH inserted AS (INSERT INTO swipes (user_id, target_id, direction, super_like, created_at)"
-        " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::timestamptz[])"
-        " ON CONFLICT DO NOTHING RETURNING user_id, target_id, direction, super_like, created_at)"
-        " SELECT * FROM inserted WHERE direction = $6",
-        [s.user_id for s in swipes], [s.target_id for s in swipes], [s.direction.value for s in swipes],
-        [s.super_like for s in swipes], [s.at for s in swipes], Direction.LIKE.value,
-    )
-    supers = [r for r in inserted if r["super_like"] and r["direction"] == Direction.LIKE.value]
+    supers = "\n".join([raw for raw in swipes if raw[SUPER] == "1" and raw[DIRECTION] == "L"])
+    if not again:
+        await conn.execute(_INSERT_NEW_SWIPES, "\n".join(swipes), supers)
+        return
+    await conn.execute(_INSERT_SWIPES_AGAIN, "\n".join(swipes))
     if supers:
-        await conn.execute(
-            "INSERT INTO super_likes_received (user_id, sender_id, created_at)"
-            " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) ON CONFLICT DO NOTHING",
-            [r["target_id"] for r in supers], [r["user_id"] for r in supers], [r["created_at"] for r in supers],
-        )
-    halves: dict[tuple[uuid.UUID, uuid.UUID], list[bool]] = {}
-    for row in inserted:
-        if row["direction"] == Direction.LIKE.value:
-            low, high = pair(row["user_id"], row["target_id"])
-            bits = halves.setdefault((low, high), [False, False])
-            bits[0 if row["user_id"] == low else 1] = True
-    if not halves:
-        return
-    # Sorted, so two writers lock pair rows in the same order and cannot deadlock.
-    keys = sorted(halves)
-    mutual = await conn.fetch(
-        "INSERT INTO like_pairs (low_id, high_id, low_likes, high_likes)"
-        " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::bool[])"
-        " ON CONFLICT (low_id, high_id) DO UPDATE SET low_likes = like_pairs.low_likes OR EXCLUDED.low_likes,"
-        " high_likes = like_pairs.high_likes OR EXCLUDED.high_likes"
-        " RETURNING low_id, high_id, low_likes AND high_likes AS mutual",
-        [k[0] for k in keys], [k[1] for k in keys], [halves[k][0] for k in keys], [halves[k][1] for k in keys],
-    )
-    now = max(s.at for s in swipes)
-    created = [(r["low_id"], r["high_id"]) for r in mutual if r["mutual"]]
-    if not created:
-        return
-    ids = [new_id() for _ in created]
-    made = await conn.fetch(
-        "INSERT INTO matches (low_id, high_id, id, created_at)"
-        " SELECT l, h, i, $4 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS t(l, h, i)"
-        " ON CONFLICT DO NOTHING RETURNING low_id, high_id, id",
-        [c[0] for c in created], [c[1] for c in created], ids, now,
-    )
-    sides = [(r["low_id"], r["id"], r["high_id"]) for r in made] + [(r["high_id"], r["id"], r["low_id"]) for r in made]
-    await conn.execute(
-        "INSERT INTO user_matches (user_id, match_id, other_id, created_at)"
-        " SELECT u, m, o, $4 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS t(u, m, o) ON CONFLICT DO NOTHING",
-        [s[0] for s in sides], [s[1] for s in sides], [s[2] for s in sides], now,
-    )
+        await conn.execute(_INSERT_SUPER_LIKES, supers)
 
 
-async def _undo(conn: asyncpg.Connection, undo: Undo) -> None:
-    low, high = pair(undo.user_id, undo.target_id)
-    if await conn.fetchval("SELECT 1 FROM matches WHERE low_id = $1 AND high_id = $2", low, high):
-        return  # a like that became a match stays (the API refuses such an undo; this covers a race)
-    await conn.execute("DELETE FROM swipes WHERE user_id = $1 AND target_id = $2", undo.user_id, undo.target_id)
-    await conn.execute("DELETE FROM super_likes_received WHERE user_id = $1 AND sender_id = $2",
-                       undo.target_id, undo.user_id)
-    column = "low_likes" if undo.user_id == low else "high_likes"
-    await conn.execute(f"UPDATE like_pairs SET {column} = false WHERE low_id = $1 AND high_id = $2", low, high)
+async def _undo(conn: asyncpg.Connection, raw: str) -> None:
+    user, target = raw[USER], raw[TARGET]
+    # A like that became a match stays (the API refuses such an undo; this covers a race).
+    gone = await conn.fetchrow(_UNDO, user, target)
+    if gone is not None and gone["direction"] == Direction.LIKE.value:
+        # The other side's match check may have held this like while it matched it; the delete
+        # waited for it, and only a new statement sees its match.
+        await conn.execute(_RESTORE, user, target, gone["super_like"], gone["created_at"])
 
 
-async def _unannounced(conn: asyncpg.Connection, pairs: list[tuple[uuid.UUID, uuid.UUID]]) -> list[Match]:
-    if not pairs:
+def likes_among(entries: Sequence[str]) -> list[str]:
+    return [raw for raw in entries if raw[DIRECTION] == "L"]  # an undo has a digit there
+
+
+async def match_likes(conn: asyncpg.Connection, likes: Sequence[str], *, inserted: bool = False) -> list[Match]:
+    """Makes the matches these committed likes complete; returns those this writer must announce.
+
+    Run in a transaction of its own, after the likes' one committed, holding the partition's fence
+    again; for every like of a batch (not only the new ones): a batch redelivered after a crash checks
+    again. inserted: what apply_swipes returned for them."""
+    if not likes:
         return []
-    rows = await conn.fetch(
-        "SELECT low_id, high_id, id, created_at FROM matches WHERE notified = false"
-        " AND (low_id, high_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))",
-        [p[0] for p in pairs], [p[1] for p in pairs],
-    )
+    await conn.execute(_GENERIC_PLANS)
+    rows = await conn.fetch(_MATCH_NEW if inserted else _MATCH, "\n".join(likes))
     return [Match(r["id"], r["low_id"], r["high_id"], r["created_at"]) for r in rows]
 
 
-async def mark_announced(pool: asyncpg.Pool, matches: list[Match]) -> None:
+async def mark_announced(db: asyncpg.Pool | asyncpg.Connection, matches: list[Match]) -> None:
     low = [m.user_id for m in matches]
     high = [m.other_id for m in matches]
-    await pool.execute(
+    await db.execute(
         "UPDATE matches SET notified = true WHERE (low_id, high_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))",
         low, high,
     )

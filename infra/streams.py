@@ -154,6 +154,15 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     return event.is_set()
 
 
+async def _wait_any(events: Iterable[asyncio.Event], seconds: float) -> None:
+    waiting = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiting, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiting:
+            waiter.cancel()
+
+
 def _swallow(task: "asyncio.Future[Any]") -> None:
     # An abandoned read that failed anyway: nothing to report.
     if not task.cancelled():
@@ -162,7 +171,8 @@ def _swallow(task: "asyncio.Future[Any]") -> None:
 
 def _entries(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:
     streams = reply.items() if isinstance(reply, dict) else (reply or [])
-    return [(_text(entry_id), fields) for _, entries in streams for entry_id, fields in entries]
+    return [(entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields)
+            for _, entries in streams for entry_id, fields in entries]
 
 
 # Lease and fence keys share the partition's hash tag, so taking both is one atomic step.
@@ -178,6 +188,21 @@ return 0
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+# Acknowledges the ids listed in ARGV[2], comma-separated: the client packs one argument instead of
+# thousands (most of XACK's cost was on our side). unpack() is bounded by Lua's stack, hence chunks.
+_ACK = """
+local blob, ids, pos, acked = ARGV[2], {}, 1, 0
+while pos <= #blob do
+  local stop = string.find(blob, ',', pos, true) or #blob + 1
+  ids[#ids + 1] = string.sub(blob, pos, stop - 1)
+  pos = stop + 1
+  if #ids == 1000 or pos > #blob then
+    acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+    ids = {}
+  end
+end
+return acked
 """
 # Redis's clock, not ours: members on different hosts compare ages on one clock.
 _HEARTBEAT = """
@@ -242,10 +267,12 @@ class PartitionedConsumer(Generic[T]):
         self._lease_s, self._lease_ms = lease_seconds, max(1, int(lease_seconds * 1000))
         self._leases: dict[int, _Lease] = {}
         self._until_idle = False
+        self._went_idle = asyncio.Event()  # until_idle: a partition ran dry, time to look again
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._ack = redis.register_script(_ACK)
         metrics = _metrics(metrics_prefix or "stream")
         labels = (spec.name, group)
         self._handled, self._dead = metrics.handled.labels(*labels), metrics.dead.labels(*labels)
@@ -268,10 +295,14 @@ class PartitionedConsumer(Generic[T]):
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + interval
                     await self._maintain()
+                self._went_idle.clear()  # before looking: a partition running dry meanwhile wakes us
                 if until_idle and await self._drained():
                     return
                 pause = next_tick - time.monotonic()
-                await _wait(stop, min(pause, IDLE_POLL) if until_idle else pause)
+                if until_idle:
+                    await _wait_any((stop, self._went_idle), min(pause, IDLE_POLL))
+                else:
+                    await _wait(stop, pause)
         finally:
             await self._shutdown()
 
@@ -334,11 +365,11 @@ class PartitionedConsumer(Generic[T]):
             taken = await pipe.execute()
         free = [p for p, held in zip(candidates, taken, strict=True) if not held]
         random.shuffle(free)  # consumers starting together then rarely race for the same ones
-        for partition in free:
-            if wanted <= 0:
-                return
-            if await self._take(partition):
-                wanted -= 1
+        while wanted > 0 and free:
+            # All at once: taken one after another, each partition's fence would wait for a pool
+            # connection behind the first batches of those taken before it.
+            trying, free = free[:wanted], free[wanted:]
+            wanted -= sum(await asyncio.gather(*(self._take(partition) for partition in trying)))
 
     async def _take(self, partition: int) -> bool:
         lease_key = self._spec.lease_key(partition, self._group)
@@ -418,7 +449,9 @@ class PartitionedConsumer(Generic[T]):
             if self._until_idle:
                 entries = _entries(await self._read(key, ">", None))
                 if not entries:
-                    lease.idle = True
+                    if not lease.idle:
+                        lease.idle = True
+                        self._went_idle.set()
                     await _wait(lease.leave, IDLE_POLL)
                     continue
             else:
@@ -447,18 +480,19 @@ class PartitionedConsumer(Generic[T]):
     async def _process(self, lease: _Lease, entries: list[Entry]) -> None:
         good: list[tuple[str, T]] = []
         dead: list[tuple[str, dict[bytes, bytes], str]] = []
+        keep, decode = good.append, self._decode  # hundreds of thousands a second: no lookups
         for entry_id, fields in entries:
             try:
-                good.append((entry_id, self._decode(fields)))
+                keep((entry_id, decode(fields)))
             except Exception as error:
                 dead.append((entry_id, fields, f"{type(error).__name__}: {error}"[:1000]))
         key = self._spec.key(lease.partition)
         if dead:
             await self._bury(lease.partition, dead)
-            await self._redis.xack(key, self._group, *(entry_id for entry_id, _, _ in dead))
+            await self._ack([key], [self._group, ",".join([entry_id for entry_id, _, _ in dead])])
             self._dead.inc(len(dead))
         if good and await self._apply(lease, good):
-            await self._redis.xack(key, self._group, *(entry_id for entry_id, _ in good))
+            await self._ack([key], [self._group, ",".join([entry_id for entry_id, _ in good])])
             self._handled.inc(len(good))
 
     async def _apply(self, lease: _Lease, batch: list[tuple[str, T]]) -> bool:
@@ -540,5 +574,4 @@ class PartitionedConsumer(Generic[T]):
         self._reported = (0, 0)
 
     async def _trim_all(self, partitions: Iterable[int]) -> None:
-        for partition in partitions:
-            await trim(self._redis, self._spec, partition)
+        await asyncio.gather(*(trim(self._redis, self._spec, partition) for partition in partitions))

@@ -1,3 +1,4 @@
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -49,9 +50,19 @@ for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ARGV[5]) end
 return 1
 """
 # Written entries leave the pending map, unless something newer for the same person replaced them.
+# ARGV[1] holds the batch's raw entries, one a line (decode_fields checked their layout): the script
+# finds each one's user, target and pending-map value itself, since the writer spent more time packing
+# three arguments per entry than Redis spends on the whole loop. The pending maps it touches are named
+# after KEYS[1], the partition's stream: one hash tag, so one cluster slot.
 _FORGET = """
-for i = 1, #KEYS do
-  if redis.call('HGET', KEYS[i], ARGV[2 * i - 1]) == ARGV[2 * i] then redis.call('HDEL', KEYS[i], ARGV[2 * i - 1]) end
+local prefix, blob, pos = KEYS[1] .. ':pending:', ARGV[1], 1
+while pos <= #blob do
+  local stop = string.find(blob, '\\n', pos, true) or #blob + 1
+  local value = string.sub(blob, pos, stop - 1)
+  local key, target = prefix .. string.sub(value, 3, 38), string.sub(value, 40, 75)
+  if string.sub(value, 1, 1) == 'U' then value = 'undone:' .. string.sub(value, 77) end
+  if redis.call('HGET', key, target) == value then redis.call('HDEL', key, target) end
+  pos = stop + 1
 end
 return 1
 """
@@ -85,11 +96,23 @@ def decode(raw: str | bytes) -> SwipeEntry:
     return Swipe(user, target, direction, parts[4] == "1", datetime.fromtimestamp(int(parts[5]) / 1000, UTC))
 
 
-def decode_fields(fields: dict[bytes, bytes]) -> tuple[SwipeEntry, str]:
-    # The raw text rides along: the pending map is cleaned by exact value, and re-encoding a
-    # decoded time could differ in the last millisecond.
+_ID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+# Exactly what encode writes (ids as str(uuid) prints them, milliseconds PostgreSQL can hold), so
+# that the writer's SQL can split an entry at fixed places and cannot fail on one.
+_ENTRY = re.compile(rf"(?:S\|{_ID}\|{_ID}\|[LD]\|[01]|U\|{_ID}\|{_ID})\|[0-9]{{1,15}}")
+# Where the fields sit in a checked entry: S|user|target|L or D|super|ms, U|user|target|ms.
+USER, TARGET, DIRECTION, SUPER = slice(2, 38), slice(39, 75), 76, 78
+
+
+def decode_fields(fields: dict[bytes, bytes]) -> str:
+    """A stream entry's raw text, once its layout is checked (ValueError if not: a dead letter).
+
+    The writer hands the text itself to PostgreSQL, which splits it; the pending map is cleaned by
+    exact value too, and re-encoding a decoded time could differ in the last millisecond."""
     raw = fields[b"e"].decode()
-    return decode(raw), raw
+    if _ENTRY.fullmatch(raw) is None:
+        raise ValueError(f"not a swipe entry: {raw[:100]!r}")
+    return raw
 
 
 class RedisSwipeQueue:
@@ -159,13 +182,8 @@ class RedisSwipeQueue:
                              [str(last.target_id), encode(last), encode(undo), self.tombstone(undo), self._token(last)])
         return bool(done)
 
-    async def forget(self, partition: int, written: list[tuple[SwipeEntry, str]]) -> None:
-        """Drops applied entries from the pending maps (they are in PostgreSQL now)."""
-        if not written:
-            return
-        stream = self._spec.key(partition)
-        keys, args = [], []
-        for entry, encoded in written:
-            keys.append(f"{stream}:pending:{entry.user_id}")
-            args += [str(entry.target_id), self.tombstone(entry) if isinstance(entry, Undo) else encoded]
-        await self._forget(keys, args)
+    async def forget(self, partition: int, written: Sequence[str]) -> None:
+        """Drops applied entries (raw, as decode_fields returns them) from the pending maps: they are
+        in PostgreSQL now."""
+        if written:
+            await self._forget([self._spec.key(partition)], ["\n".join(written)])

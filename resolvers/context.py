@@ -69,6 +69,7 @@ class Context:
     bearer: str | None = None
     # The transport's request or WebSocket, opaque to resolvers.
     transport: Any = None
+    over_websocket: bool = False  # subscriptions need one
     loaders: Loaders = field(init=False)
     # Filled by strawberry from a WebSocket connection_init payload.
     connection_params: dict[str, Any] | None = None

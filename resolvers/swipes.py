@@ -107,9 +107,10 @@ async def matches(info: Info, first: int | None = 20, after: str | None = None) 
     principal = await info.context.require_user()
     ports = info.context.ports
     size = page_size(first)
+    kind = f"matches:{principal.user_id}"  # a cursor works only for the list of whoever it was made for
     before = None
     if after is not None:
-        micros, raw_id = decode_cursor(ports.cursor_key, "matches", after)
+        micros, raw_id = decode_cursor(ports.cursor_key, kind, after)
         try:
             before = (EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(str(raw_id)))
         except (TypeError, ValueError, OverflowError):
@@ -117,7 +118,7 @@ async def matches(info: Info, first: int | None = 20, after: str | None = None) 
     found = await ports.swipes.relations.matches(principal.user_id, size + 1, before)
     nodes = await asyncio.gather(*(match_gql(info, m) for m in found[:size]))  # one batched user load
     edges = [
-        MatchEdgeGQL(cursor=encode_cursor(ports.cursor_key, "matches", [(m.created_at - EPOCH) // _MICRO, str(m.id)]),
+        MatchEdgeGQL(cursor=encode_cursor(ports.cursor_key, kind, [(m.created_at - EPOCH) // _MICRO, str(m.id)]),
                      node=node)
         for m, node in zip(found[:size], nodes, strict=True) if node is not None
     ]

@@ -4,10 +4,17 @@ from pathlib import Path
 from typing import Any
 
 import strawberry
-from graphql import DocumentNode, GraphQLError
+from graphql import DocumentNode, GraphQLError, OperationDefinitionNode
 from graphql.validation import NoSchemaIntrospectionCustomRule
-from strawberry.extensions import AddValidationRules, SchemaExtension
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
 from strawberry.types import ExecutionContext
+from strawberry.types.graphql import OperationType
 
 from schema.errors import ErrorCodes
 from schema.root import BenchMutation, Mutation, Query, Subscription
@@ -21,6 +28,7 @@ class Schema(strawberry.Schema):
 
 
 Extension = type[SchemaExtension] | Callable[[], SchemaExtension]
+MAX_TOKENS, MAX_ALIASES, MAX_DEPTH = 5_000, 50, 10
 KNOWN_DOCUMENT_CHARS = 4_000  # longer documents are parsed and validated every time
 KNOWN_CHARS = 100_000  # all kept texts together; a syntax tree takes up to ~300 bytes per character
 Key = tuple[str, tuple[Any, ...]]
@@ -77,13 +85,47 @@ class KnownDocuments(SchemaExtension):
             self._known.add(self._key, context.graphql_document)
 
 
+class RequestShape(SchemaExtension):
+    # What graphql-core would let through over HTTP: a subscription executed as a query (a null
+    # where a stream should be: an internal error), or the first of several operations when the
+    # request names none (the spec requires a refusal).
+    def on_validate(self) -> Iterator[None]:
+        # Before validation runs: strawberry looks at pre_execution_errors before leaving this hook.
+        self._check()
+        yield
+
+    def _check(self) -> None:
+        context = self.execution_context
+        document = context.graphql_document
+        if document is None or context.pre_execution_errors:
+            return
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        problem = None
+        # operation_name falls back to the first operation's name: only the one the client sent counts.
+        if len(operations) > 1 and not getattr(context, "_provided_operation_name", None):
+            problem = "The document has several operations: say which one to run in operationName"
+        elif not getattr(context.context, "over_websocket", True):
+            try:
+                if context.operation_type is OperationType.SUBSCRIPTION:
+                    problem = "Subscriptions run over a WebSocket (graphql-transport-ws or graphql-ws)"
+            except Exception:  # an unknown operationName: graphql-core reports it itself
+                return
+        if problem:
+            context.pre_execution_errors = [GraphQLError(problem, extensions={"code": "BAD_REQUEST"})]
+
+
 def build_schema(*, production: bool = False, extensions: Sequence[Extension] = (),
                  bench_noop: bool = False) -> strawberry.Schema:
     # Factories, not instances: strawberry makes one per operation, and extensions keep
     # per-operation state.
     known = Known()  # per schema: what passed one schema's validation says nothing about another's
-    chosen: list[Extension] = [*extensions, lambda: ErrorCodes(hide_suggestions=production),
-                               lambda: KnownDocuments(known)]
+    chosen: list[Extension] = [
+        *extensions, lambda: ErrorCodes(hide_suggestions=production), lambda: KnownDocuments(known), RequestShape,
+        # One request must not cost the server what thousands would: a 20,000-alias document took
+        # an API process for 20 s. Introspection (GraphiQL's is 13 levels deep) does not count.
+        lambda: MaxTokensLimiter(MAX_TOKENS), lambda: MaxAliasesLimiter(MAX_ALIASES),
+        lambda: QueryDepthLimiter(MAX_DEPTH, should_ignore=lambda ctx: ctx.field_name.startswith("__")),
+    ]
     if production:
         chosen.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
     mutation = BenchMutation if bench_noop else Mutation

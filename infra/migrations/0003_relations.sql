@@ -20,23 +20,18 @@ BEGIN
     END LOOP;
 END $$;
 
--- Who liked whom within a pair. Two writers applying the two halves of a mutual like meet on this
--- row's lock, so exactly one of them sees both halves and creates the match.
-CREATE TABLE like_pairs (
-    low_id     uuid NOT NULL,
-    high_id    uuid NOT NULL,
-    low_likes  boolean NOT NULL DEFAULT false,
-    high_likes boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (low_id, high_id)
-);
-
+-- A mutual like makes one match: the swipe writer looks for the other half once its own swipes are
+-- committed, so of two writers committing the halves at once the later one to look finds both; the
+-- key makes a second one impossible. low_completed says whose writer created it (the low side's when
+-- true): that writer announces it, again after a crash until notified is set.
 CREATE TABLE matches (
-    low_id     uuid NOT NULL,
-    high_id    uuid NOT NULL,
-    id         uuid NOT NULL,
-    created_at timestamptz NOT NULL,
-    ended_at   timestamptz,
-    notified   boolean NOT NULL DEFAULT false,
+    low_id        uuid NOT NULL,
+    high_id       uuid NOT NULL,
+    id            uuid NOT NULL,
+    created_at    timestamptz NOT NULL,
+    ended_at      timestamptz,
+    notified      boolean NOT NULL DEFAULT false,
+    low_completed boolean NOT NULL DEFAULT false,
     PRIMARY KEY (low_id, high_id)
 );
 

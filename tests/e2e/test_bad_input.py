@@ -5,6 +5,7 @@ present, and where something could have been stored, that nothing was.
 """
 import base64
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -222,9 +223,8 @@ async def test_get_refuses_mutations_without_running_them(api: str, survivor: Ac
         for params, token in attempts:
             headers = {"authorization": f"Bearer {token}"} if token else {}
             response = await client.get(f"{api}/graphql", params=params, headers=headers)
-            # GraphQL over HTTP says 405; 400 is a refusal too. What matters: refused, with a code.
-            assert response.status_code in (400, 405), response.text
-            assert error_code(response) in ("METHOD_NOT_ALLOWED", "BAD_REQUEST"), response.text
+            assert response.status_code == 405, response.text  # GraphQL over HTTP: the method is wrong
+            assert error_code(response) == "METHOD_NOT_ALLOWED", response.text
             assert "data" not in response.json() or response.json()["data"] is None
     await assert_not_registered(api, email, "a long enough password")
     assert (await read_me(api, survivor.access_token))["id"] == survivor.id  # logOutEverywhere did not run
@@ -257,6 +257,8 @@ async def test_get_refuses_mutations_without_running_them(api: str, survivor: Ac
     pytest.param({"displayName": "Ann\nLee"}, {"INVALID_TEXT"}, "displayName", id="name-newline"),
     pytest.param({"displayName": "Ann\u202eeeL"}, {"INVALID_TEXT"}, "displayName", id="name-bidi-override"),
     pytest.param({"displayName": "Ann\u2066Lee"}, {"INVALID_TEXT"}, "displayName", id="name-bidi-isolate"),
+    pytest.param({"displayName": "\u200b"}, {"TEXT_TOO_SHORT"}, "displayName", id="name-zero-width-only"),
+    pytest.param({"email": "zw\u200b@example.test"}, {"INVALID_EMAIL"}, "email", id="email-zero-width"),
     pytest.param({"birthDate": "2001-02-30"}, {"BAD_USER_INPUT"}, None, id="date-feb-30"),
     pytest.param({"birthDate": "yesterday"}, {"BAD_USER_INPUT"}, None, id="date-word"),
     pytest.param({"birthDate": ""}, {"BAD_USER_INPUT"}, None, id="date-empty"),
@@ -367,6 +369,10 @@ async def test_update_profile_accepts_the_boundaries(api: str) -> None:
     me = await read_me(api, account.access_token)
     assert me["discovery"] == {"ageMin": 99, "ageMax": 99, "maxDistanceKm": 1}
     assert len(me["interestTags"]) == 10 and len(me["bio"]) == 500
+    # Text typed on Windows: CRLF line ends are line ends, kept as LF.
+    result = await gql(api, UPDATE, {"i": {"bio": "line one\r\nline two"}}, account.access_token)
+    assert result["data"]["updateProfile"]["__typename"] == "Me", result
+    assert (await read_me(api, account.access_token))["bio"] == "line one\nline two"
 
 
 # --- lone UTF-16 surrogates ----------------------------------------------------------------------
@@ -590,3 +596,38 @@ async def test_survivor_is_intact_after_the_barrage(api_servers: list[str], surv
     # The refresh token outlived every malformed copy of itself.
     refreshed = (await gql(api_servers[0], REFRESH, {"t": survivor.refresh_token}))["data"]["refreshToken"]
     assert refreshed["__typename"] == "AuthPayload", refreshed
+
+
+async def test_subscriptions_over_http_and_unnamed_operations_are_refused(api: str, survivor: Account) -> None:
+    cases = [
+        {"query": "subscription { myEvents { __typename } }"},
+        {"query": "query A { __typename } query B { interestTags { slug } }"},
+    ]
+    headers = {"authorization": f"Bearer {survivor.access_token}"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        for body in cases:
+            for response in (await client.post(f"{api}/graphql", json=body, headers=headers),
+                             await client.get(f"{api}/graphql", params=body, headers=headers)):
+                payload = response.json()
+                assert response.status_code == 200 and payload.get("data") is None, response.text
+                assert [e["extensions"]["code"] for e in payload["errors"]] == ["BAD_REQUEST"], response.text
+        # Naming the operation picks it, as the spec says.
+        chosen = await client.post(f"{api}/graphql", json={**cases[1], "operationName": "B"}, headers=headers)
+        assert chosen.json()["data"]["interestTags"]
+
+
+async def test_expensive_documents_are_refused_before_running(api: str) -> None:
+    # 20,000 aliases of a list field once held an API process for 20 s and answered 110 MB.
+    aliases = "{" + " ".join(f"a{i}: interestTags {{ slug label category }}" for i in range(20_000)) + "}"
+    deep = "{ me { " + "interestTags { " * 12 + "slug" + " }" * 12 + " } }"
+    cases = [(aliases, "GRAPHQL_PARSE_FAILED"),  # over the token limit before it is even parsed
+             ("{" + " ".join(f"a{i}: interestTags {{ slug }}" for i in range(60)) + "}", "GRAPHQL_VALIDATION_FAILED"),
+             (deep, "GRAPHQL_VALIDATION_FAILED")]
+    async with httpx.AsyncClient(timeout=30) as client:
+        for query, code in cases:
+            started = time.monotonic()
+            response = await client.post(f"{api}/graphql", json={"query": query})
+            assert time.monotonic() - started < 2, "refused only after running"
+            body = response.json()
+            assert body.get("data") is None and [e["extensions"]["code"] for e in body["errors"]][:1] == [code], \
+                response.text[:300]

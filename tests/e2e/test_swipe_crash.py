@@ -32,6 +32,7 @@ from infra.pg_relations import pair
 from infra.settings import Settings
 from infra.streams import StreamSpec
 from infra.swipe_queue import SWIPE_WRITER, RedisSwipeQueue, decode_fields, swipes_spec
+from infra.swipe_queue import decode as decode_entry
 from tests.e2e.writers import WriterProcess, backlog, lease_holders, owned_by, still_pending
 from tests.factories import make_users
 
@@ -191,7 +192,7 @@ async def kill_mid_batch(stage: Stage, writer: WriterProcess, started: float) ->
             for item in await stage.redis.xpending_range(key, SWIPE_WRITER, "-", "+", 100_000, name):
                 found = await stage.redis.xrange(key, item["message_id"], item["message_id"])
                 for _, fields in cast("list[tuple[bytes, dict[bytes, bytes]]]", found):
-                    entry, _ = decode_fields(fields)
+                    entry = decode_entry(decode_fields(fields))
                     assert isinstance(entry, Swipe)
                     left.append(entry)
     applied = await stage.pool.fetchval(

@@ -224,6 +224,9 @@ async def test_matches_pages_without_gaps(api: str, swipe_writer: None) -> None:
             break
         after = page["pageInfo"]["endCursor"]
     assert sorted(seen) == sorted(o.id for o in others) and len(seen) == 5
+    stranger = await sign_up(api)  # someone else's cursor is not a cursor of their list
+    body = await gql(api, MATCHES, {"first": 2, "after": after}, stranger.access_token)
+    assert body["errors"][0]["extensions"]["code"] == "INVALID_CURSOR"
     for bad in ("forged", after + "x" if after else "x"):
         body = await gql(api, MATCHES, {"first": 2, "after": bad}, ann.access_token)
         assert body["errors"][0]["extensions"]["code"] == "INVALID_CURSOR"

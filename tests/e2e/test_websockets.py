@@ -404,3 +404,32 @@ async def test_delete_account_closes_sockets(api_servers: list[str], protocol: s
         assert max(delays) < CLOSE_LIMIT, delays
         await subscription.stop()
     print(f"deleteAccount closed sockets after {', '.join(f'{d * 1000:.0f} ms' for d in delays)}")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("frame", [
+    [1, 2], "just a string", {"id": "1"}, {"type": 5}, {"type": "subscribe", "id": "1", "payload": None},
+    {"type": "subscribe", "id": 5, "payload": {"query": "{ __typename }"}},
+    {"type": "subscribe", "payload": {"query": "{ __typename }"}}, {"type": "start", "id": "1", "payload": []},
+])
+async def test_malformed_frames_close_with_4400(api: str, protocol: str, frame: object) -> None:
+    account = await sign_up(api)
+    init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {account.access_token}"}}
+    async with websockets.connect(ws_url(api), subprotocols=[websockets.Subprotocol(protocol)]) as ws:
+        await ws.send(json.dumps(init))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        await ws.send(json.dumps(frame))
+        with pytest.raises(websockets.ConnectionClosed):
+            async with asyncio.timeout(5):
+                while True:
+                    await ws.recv()
+        assert ws.close_code == 4400, (frame, ws.close_code, ws.close_reason)
+
+
+async def test_legacy_refusal_says_why_and_closes_with_4401(api: str, settings: Settings) -> None:
+    account = await sign_up(api)
+    init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {expired_token(account, settings)}"}}
+    received, code = await raw_exchange(api, APOLLO, [init])
+    assert received[0]["type"] == "connection_error", received
+    assert received[0]["payload"]["reason"] == "TOKEN_EXPIRED" and "refresh" in received[0]["payload"]["message"]
+    assert code == 4401

@@ -174,3 +174,27 @@ async def test_limits_can_be_lifted_for_an_attacker_test(w: World) -> None:
     await locations.update_from_device(w.deps, ann, *LISBON, 15, NOW)
     await locations.update_from_device(w.deps, ann, *TOKYO, 15, NOW + timedelta(seconds=1))
     assert w.repo.rows[ann][1] == snap(*TOKYO, 15)
+
+
+async def test_small_fast_steps_do_not_add_up_to_a_flight(w: World) -> None:
+    ann = uuid.uuid4()
+    await locations.update_from_device(w.deps, ann, *LISBON, 15, NOW)
+    moved = 0
+    with pytest.raises(DomainError) as refused:
+        for step in range(1, 21):  # about 9 km north each time, a few milliseconds apart
+            await locations.update_from_device(w.deps, ann, LISBON[0] + 0.08 * step, LISBON[1], 15,
+                                               NOW + timedelta(milliseconds=5 * step))
+            moved = step
+    assert refused.value.code is Code.IMPOSSIBLE_TRAVEL and moved == 0
+    # A few hundred metres of jitter between cells is no travel at all.
+    await locations.update_from_device(w.deps, ann, LISBON[0] + 0.004, LISBON[1] + 0.004, 15,
+                                       NOW + timedelta(seconds=1))
+
+
+async def test_updates_in_the_same_millisecond_each_count(w: World) -> None:
+    w.limits = LocationLimits(updates_per_hour=3)
+    ann = uuid.uuid4()
+    for _ in range(3):
+        await locations.update_from_device(w.deps, ann, *LISBON, 15, NOW)
+    with pytest.raises(LimitReached):
+        await locations.update_from_device(w.deps, ann, *LISBON, 15, NOW)

@@ -269,3 +269,9 @@ def test_ranked_entries_say_distance_as_a_band_only() -> None:
     assert set(vars(entry)) == {"user_id", "band", "shared_tags", "active_recently", "super_like", "score"}
     nearer = rank(VIEWER, WANT_ALL, [replace(other, cell=cell_at(2.3))], TODAY)[0]
     assert nearer == entry
+
+
+def test_someone_listed_twice_while_moving_counts_once() -> None:
+    moving = person(cell=cell_at(0.5))
+    elsewhere = replace(moving, cell=cell_at(1.5))  # their old bucket, not yet cleared
+    assert shown([moving, elsewhere]) == [moving.user_id]

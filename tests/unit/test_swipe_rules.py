@@ -253,6 +253,11 @@ async def test_malformed_ids_are_invalid_and_own_id_is_refused(w: World) -> None
             with pytest.raises(InputError) as self_swipe:
                 await w.swipe(ann, own, direction, super_like)
             assert self_swipe.value.code == Code.CANNOT_SWIPE_SELF
+        for refused in (swipes.block(w.deps, ann.id, own, NOW),
+                        swipes.report(w.deps, ann.id, own, ReportReason.SPAM, "", NOW)):
+            with pytest.raises(InputError) as self_target:
+                await refused
+            assert self_target.value.code == Code.CANNOT_TARGET_SELF
     assert w.queue.entries == {} and w.used(ann) == (0, 0)
 
 
@@ -270,9 +275,14 @@ async def test_unknown_deleted_hidden_and_blocked_people_do_not_exist(w: World) 
     for target in (str(uuid.uuid4()), str(gone.id), str(blocked.id), str(blocker.id)):
         with pytest.raises(NotFound):
             await swipes.block(w.deps, ann.id, target, NOW)
+    for target in (str(uuid.uuid4()), str(gone.id)):
         with pytest.raises(NotFound):
             await swipes.report(w.deps, ann.id, target, ReportReason.SPAM, "", NOW)
     assert w.relations.reports == []
+    # Anyone who still exists can be reported, blocked either way or not.
+    for person in (blocked, blocker):
+        await swipes.report(w.deps, ann.id, str(person.id), ReportReason.HARASSMENT, "", NOW)
+    assert [r[1] for r in w.relations.reports] == [blocked.id, blocker.id]
     await swipes.block(w.deps, ann.id, str(hidden.id), NOW)  # hiding is from discovery, not from a block
     assert (ann.id, hidden.id) in w.relations.blocks
 
@@ -444,7 +454,7 @@ async def test_undo_gives_back_the_like_with_the_redis_queues_millisecond_times(
     w.queue = WireQueue()
     now = NOW + timedelta(microseconds=123_456)
     liked = await w.swipe(ann, bob, LIKE, True, now)
-    assert liked.at == now and w.used(ann) == (1, 1)
+    assert liked.at == NOW + timedelta(milliseconds=123) and w.used(ann) == (1, 1)  # kept as the queue keeps it
     await swipes.undo_last(w.deps, ann.id, now + timedelta(seconds=10))
     assert w.used(ann) == (0, 0)
 
