@@ -1,7 +1,6 @@
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import strawberry
 from graphql import DocumentNode, GraphQLError, OperationDefinitionNode
@@ -31,27 +30,26 @@ Extension = type[SchemaExtension] | Callable[[], SchemaExtension]
 MAX_TOKENS, MAX_ALIASES, MAX_DEPTH = 5_000, 50, 10
 KNOWN_DOCUMENT_CHARS = 4_000  # longer documents are parsed and validated every time
 KNOWN_CHARS = 100_000  # all kept texts together; a syntax tree takes up to ~300 bytes per character
-Key = tuple[str, tuple[Any, ...]]
 
 
 class Known:
     """Documents that passed validation, by text, with their syntax trees; the least used go first."""
 
     def __init__(self) -> None:
-        self._trees: OrderedDict[Key, DocumentNode] = OrderedDict()
+        self._trees: OrderedDict[str, DocumentNode] = OrderedDict()
         self._chars = 0
 
-    def get(self, key: Key) -> DocumentNode | None:
+    def get(self, key: str) -> DocumentNode | None:
         tree = self._trees.get(key)
         if tree is not None:
             self._trees.move_to_end(key)
         return tree
 
-    def add(self, key: Key, tree: DocumentNode) -> None:
+    def add(self, key: str, tree: DocumentNode) -> None:
         self._trees[key] = tree
-        self._chars += len(key[0])
+        self._chars += len(key)
         while self._chars > KNOWN_CHARS:
-            (text, _), _ = self._trees.popitem(last=False)
+            text, _ = self._trees.popitem(last=False)
             self._chars -= len(text)
 
 
@@ -62,13 +60,15 @@ class KnownDocuments(SchemaExtension):
     def __init__(self, known: Known) -> None:
         super().__init__()
         self._known = known
-        self._key: Key | None = None
+        self._key: str | None = None
         self._hit = False
 
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
         if context.query and len(context.query) <= KNOWN_DOCUMENT_CHARS:
-            self._key = (context.query, tuple(context.validation_rules))
+            # By text alone: a schema's rules never change, but the limiters below make new rule
+            # classes for every operation, so the rules would never compare equal.
+            self._key = context.query
             tree = self._known.get(self._key)
             if tree is not None:
                 context.graphql_document = tree  # strawberry parses only when no extension has
