@@ -1,5 +1,6 @@
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class MatchCreated:
     user_id: uuid.UUID
     match_id: uuid.UUID
     other_id: uuid.UUID
+    # Both sides must see the same moment; None only from a publisher that did not send it.
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,8 @@ class Relations(Protocol):
     async def end_match(self, user_id: uuid.UUID, match_id: uuid.UUID | None, other_id: uuid.UUID | None,
                         now: datetime) -> Match | None: ...
     async def block(self, user_id: uuid.UUID, other_id: uuid.UUID, now: datetime) -> None: ...
+    # Hides each from the other, as a block does, without saying that either blocked.
+    async def separate(self, user_id: uuid.UUID, other_id: uuid.UUID, now: datetime) -> None: ...
     async def report(self, user_id: uuid.UUID, other_id: uuid.UUID, reason: str, details: str,
                      now: datetime) -> None: ...
     async def matches(self, user_id: uuid.UUID, limit: int, before: tuple[datetime, uuid.UUID] | None
@@ -171,6 +173,8 @@ async def unmatch(deps: SwipeDeps, user_id: uuid.UUID, raw_match_id: str, now: d
     ended = None if match_id is None else await deps.relations.end_match(user_id, match_id, None, now)
     if ended is None:
         raise NotFound("Match")
+    # Final: they never meet again anywhere (profile, candidates, swipes), not only in the matches.
+    await deps.relations.separate(user_id, ended.other_id, now)
     await _tell_both(deps, ended)
 
 

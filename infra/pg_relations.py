@@ -105,6 +105,12 @@ class PgRelations:
                 "INSERT INTO blocks (user_id, other_id, by_me, created_at) VALUES ($1, $2, false, $3)"
                 " ON CONFLICT DO NOTHING", other_id, user_id, now)
 
+    async def separate(self, user_id: uuid.UUID, other_id: uuid.UUID, now: datetime) -> None:
+        # by_me false on both rows: a block either of them made stays theirs.
+        await self._pool.execute(
+            "INSERT INTO blocks (user_id, other_id, by_me, created_at) VALUES ($1, $2, false, $3), ($2, $1, false, $3)"
+            " ON CONFLICT DO NOTHING", user_id, other_id, now)
+
     async def report(self, user_id: uuid.UUID, other_id: uuid.UUID, reason: str, details: str,
                      now: datetime) -> None:
         await self._pool.execute(

@@ -22,7 +22,8 @@ async def my_events(info: Info) -> AsyncGenerator[MyEvent, None]:
                 if user is not None:
                     yield ProfileChangedGQL(me=MeGQL.from_domain(user, ports.clock().date()))
             elif isinstance(event, MatchCreated):
-                match = await match_gql(info, Match(event.match_id, event.user_id, event.other_id, ports.clock()))
+                match = await match_gql(info, Match(event.match_id, event.user_id, event.other_id,
+                                                   event.created_at or ports.clock()))
                 if match is not None:
                     yield MatchCreatedGQL(match=match)
             elif isinstance(event, MatchEnded):

@@ -60,7 +60,7 @@ class SwipeWriter:
                 # After the commit: a crash before the flag is set re-announces on redelivery (at
                 # least once; clients recognise a match by its id).
                 await self._channels.publish_many([
-                    MatchCreated(side, match.id, other) for match in unannounced
+                    MatchCreated(side, match.id, other, match.created_at) for match in unannounced
                     for side, other in ((match.user_id, match.other_id), (match.other_id, match.user_id))])
                 await mark_announced(conn, unannounced)
         await self._queue.forget(partition, entries)

@@ -23,7 +23,7 @@ SWIPE = """mutation($id: ID!) { %s(userId: $id) { __typename
   ... on LimitError { retryAfterSeconds } } }"""
 UNDO = "mutation { undoLastSwipe { __typename ... on Swipe { direction person { id } } ... on Error { code } } }"
 MATCHES = """query($first: Int, $after: String) { matches(first: $first, after: $after) {
-  edges { cursor node { id person { id displayName } } } pageInfo { hasNextPage endCursor } } }"""
+  edges { cursor node { id createdAt person { id displayName } } } pageInfo { hasNextPage endCursor } } }"""
 RELATION = "mutation($id: ID!) { %s(%s: $id) { __typename ... on Error { code } } }"
 
 
@@ -59,7 +59,7 @@ async def events_of(base: str, account: Account) -> AsyncIterator[asyncio.Queue[
                                   "payload": {"Authorization": f"Bearer {account.access_token}"}}))
         assert json.loads(await ws.recv())["type"] == "connection_ack"
         await ws.send(json.dumps({"type": "subscribe", "id": "e", "payload": {"query": """subscription { myEvents {
-            __typename ... on MatchCreated { match { id person { id } } } ... on MatchEnded { matchId } } }"""}}))
+            __typename ... on MatchCreated { match { id createdAt person { id } } } ... on MatchEnded { matchId } } }"""}}))
         await asyncio.sleep(0.3)  # the protocol has no "subscribed" message
 
         async def pump() -> None:
@@ -93,10 +93,12 @@ async def test_mutual_like_makes_one_match_told_to_both(api_servers: list[str], 
         ann_match = await next_event(ann_events, "MatchCreated")
         bob_match = await next_event(bob_events, "MatchCreated")
     assert ann_match["match"]["id"] == bob_match["match"]["id"]
+    assert ann_match["match"]["createdAt"] == bob_match["match"]["createdAt"]  # one moment, not each server's
     assert ann_match["match"]["person"]["id"] == bob.id and bob_match["match"]["person"]["id"] == ann.id
     for account, other in ((ann, bob), (bob, ann)):
         edges = (await gql(first_api, MATCHES, {}, account.access_token))["data"]["matches"]["edges"]
         assert [e["node"]["person"]["id"] for e in edges] == [other.id]
+        assert edges[0]["node"]["createdAt"] == ann_match["match"]["createdAt"]
 
 
 async def test_swiping_again_changes_nothing(api: str, swipe_writer: None) -> None:
@@ -166,11 +168,13 @@ async def test_unmatch_is_final(api: str, swipe_writer: None) -> None:
         done = (await gql(api, unmatch, {"id": match_id}, bob.access_token))["data"]["unmatch"]
         assert done == {"__typename": "Done"}
         assert (await next_event(ann_events, "MatchEnded"))["matchId"] == match_id
-    for actor in (ann, bob):
+    for actor, other in ((ann, bob), (bob, ann)):
         assert (await gql(api, unmatch, {"id": match_id}, actor.access_token))["data"]["unmatch"]["code"] == "NOT_FOUND"
         assert (await gql(api, MATCHES, {}, actor.access_token))["data"]["matches"]["edges"] == []
-    # Swiping again changes nothing: they stay apart.
-    assert (await swipe(api, "like", ann, bob.id))["direction"] == "LIKE"
+        # Final: each is gone for the other everywhere, as after a block, so no new match can start.
+        body = await gql(api, "query($id: ID!) { person(id: $id) { id } }", {"id": other.id}, actor.access_token)
+        assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+        assert (await swipe(api, "like", actor, other.id))["__typename"] == "NotFoundError"
 
 
 async def test_undo_last_swipe(api: str, swipe_writer: None) -> None:

@@ -1,5 +1,6 @@
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from asyncpg.pgproto.pgproto import UUID as PgUUID
@@ -16,6 +17,13 @@ def test_match_events_are_the_json_they_always_were() -> None:
             assert encode(event) == json.dumps({"type": kind, "user": str(ids[0]), "match": str(ids[1]),
                                                 "other": str(ids[2])})
             assert decode(encode(event)) == event
+
+
+def test_a_match_carries_its_moment_to_both_sides() -> None:
+    at = datetime(2026, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
+    event = MatchCreated(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), at)
+    assert json.loads(encode(event))["at"] == round(at.timestamp() * 1000)
+    assert decode(encode(event)) == event
 
 
 class OneByOne:

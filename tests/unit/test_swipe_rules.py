@@ -147,6 +147,9 @@ class FakeRelations:
     async def block(self, user_id: uuid.UUID, other_id: uuid.UUID, now: datetime) -> None:
         self.blocks.add((user_id, other_id))
 
+    async def separate(self, user_id: uuid.UUID, other_id: uuid.UUID, now: datetime) -> None:
+        self.blocks |= {(user_id, other_id), (other_id, user_id)}
+
     async def report(self, user_id: uuid.UUID, other_id: uuid.UUID, reason: str, details: str,
                      now: datetime) -> None:
         self.reports.append((user_id, other_id, reason, details))
@@ -503,6 +506,9 @@ async def test_unmatch(w: World) -> None:
     assert w.events.events == []
     await swipes.unmatch(w.deps, bob.id, str(match_id), NOW)
     assert w.events.events == ended_both(match_id, bob.id, ann.id)
+    assert await w.relations.blocked_either_way(ann.id, bob.id)  # they never meet again
+    with pytest.raises(NotFound):
+        await swipes.swipe(w.deps, ann.id, str(bob.id), Direction.LIKE, False, NOW)
     with pytest.raises(NotFound):
         await swipes.unmatch(w.deps, ann.id, str(match_id), NOW)
     assert len(w.events.events) == 2
