@@ -1,14 +1,15 @@
 import json
 import uuid
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from broadcaster import Broadcast
 
 from domain.errors import Code, DomainError
 from domain.events import MatchCreated, MatchEnded, ProfileChanged, SessionsEnded, UserEvent
 from infra.broadcast import BroadcastConnectionLost
+
 
 def encode(event: UserEvent) -> str:
     if isinstance(event, SessionsEnded):

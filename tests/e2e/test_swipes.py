@@ -59,7 +59,8 @@ async def events_of(base: str, account: Account) -> AsyncIterator[asyncio.Queue[
                                   "payload": {"Authorization": f"Bearer {account.access_token}"}}))
         assert json.loads(await ws.recv())["type"] == "connection_ack"
         await ws.send(json.dumps({"type": "subscribe", "id": "e", "payload": {"query": """subscription { myEvents {
-            __typename ... on MatchCreated { match { id createdAt person { id } } } ... on MatchEnded { matchId } } }"""}}))
+            __typename ... on MatchCreated { match { id createdAt person { id } } }
+            ... on MatchEnded { matchId } } }"""}}))
         await asyncio.sleep(0.3)  # the protocol has no "subscribed" message
 
         async def pump() -> None:
