@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test install lint schema lock clean
+.PHONY: run test bench install lint schema lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -27,6 +27,11 @@ run: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every benchmark under bench/, one after another, into bench/report.md and bench/report.json;
+# fails when a target is missed.
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/report.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
