@@ -25,6 +25,14 @@ def _settings() -> Settings:
     return settings if settings.production else settings.with_dev_secret()
 
 
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -38,7 +46,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         create_app(settings), host=args.host or settings.host, port=settings.port,
         # Forwarding headers count only from configured proxies; anyone else could forge them.
         proxy_headers=bool(trusted), forwarded_allow_ips=trusted or "",
-        ws_ping_interval=20, ws_ping_timeout=20, timeout_graceful_shutdown=10, ws_max_size=settings.max_body_bytes,
+        # Protocol-level pings serve both GraphQL subprotocols (the legacy one has no ping a client
+        # must answer): a peer silent past the timeout is dropped, and its subscriptions end with it.
+        ws_ping_interval=_seconds("WS_PING_SECONDS", 20), ws_ping_timeout=_seconds("WS_PING_TIMEOUT_SECONDS", 20),
+        timeout_graceful_shutdown=10, ws_max_size=settings.max_body_bytes,
         log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False,
     )
     return 0
@@ -73,6 +84,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from infra.demo import DEMO_EMAIL, DEMO_PASSWORD, load
+
+    added = asyncio.run(load(_settings(), args.size, seed=args.seed, if_empty=args.if_empty))
+    if added:
+        print(f"added {added} demo people; log in as {DEMO_EMAIL} with the password {DEMO_PASSWORD!r}")
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from infra.devstack import EmbeddedStack
 
@@ -99,6 +119,9 @@ def _supervise(settings: Settings, env: dict[str, str]) -> int:
     exe = [sys.executable, "-m", "infra.cli"]
     if subprocess.run([*exe, "migrate"], env=env, check=False).returncode != 0:
         return 1
+    # Only into an empty database: a restart never adds people, and real data is never mixed in.
+    if env.get("NEWFRIENDS_DEMO", "1") != "0":
+        subprocess.run([*exe, "demo", "--if-empty"], env=env, check=False)
     commands = {"api": [*exe, "serve"], **{f"worker:{n}": [*exe, "worker", n] for n in sorted(registry())}}
     stopping = False
 
@@ -147,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("name")
     worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (METRICS_PORT)")
     worker.set_defaults(func=cmd_worker)
+    demo = sub.add_parser("demo", help="add a demo population (people at real cities, with real addresses)")
+    demo.add_argument("--size", type=int, default=20_000)
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--if-empty", action="store_true", help="only when the database has no users yet")
+    demo.set_defaults(func=cmd_demo)
     sub.add_parser("dev", help="everything in one process group, with embedded services when no URLs are set"
                    ).set_defaults(func=cmd_dev)
     args = parser.parse_args(argv)
