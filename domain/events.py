@@ -2,6 +2,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from domain.chat import Message
+
 
 @dataclass(frozen=True)
 class SessionsEnded:
@@ -36,4 +38,20 @@ class MatchEnded:
     other_id: uuid.UUID
 
 
-UserEvent = SessionsEnded | ProfileChanged | MatchCreated | MatchEnded
+@dataclass(frozen=True)
+class MessagePosted:
+    """A message in one of the user's chats, theirs or the other person's."""
+
+    user_id: uuid.UUID
+    message: Message
+
+
+@dataclass(frozen=True)
+class PhotoChanged:
+    """One of the user's photos changed state (processing, ready, rejected)."""
+
+    user_id: uuid.UUID
+    photo_id: uuid.UUID
+
+
+UserEvent = SessionsEnded | ProfileChanged | MatchCreated | MatchEnded | MessagePosted | PhotoChanged

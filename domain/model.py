@@ -40,6 +40,7 @@ class User:
     discovery: Discovery = field(default_factory=Discovery)
     visibility: Visibility = Visibility.VISIBLE
     show_activity: bool = True  # False: never shown as "active recently", nor ranked by activity
+    show_read_receipts: bool = True  # False: neither sends receipts nor sees the other side's
 
 
 @dataclass(frozen=True)

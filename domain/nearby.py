@@ -13,12 +13,13 @@ from domain.locations import LocationDeps
 from domain.model import MIN_AGE, Gender, User, Visibility
 from domain.profiles import MAX_AGE_FILTER
 from domain.ranking import Listing, Ranked, Wanted, rank
-from domain.swipes import SwipeDeps, already_swiped
+from domain.swipes import SwipeDeps
 
 # Enough people for days of swiping; the nearest cells are read first, so a dense city stops early.
 MAX_POOL = 3000
 CELLS_PER_READ = 32
 LIST_TTL = timedelta(hours=6)
+MAX_CHUNK = 800  # people checked at once while skipping those left out
 
 
 class Buckets(Protocol):
@@ -30,7 +31,10 @@ class CandidateLists(Protocol):
     """A viewer's ranked list, kept while they page through it: pages never repeat or skip anyone."""
 
     async def save(self, viewer: uuid.UUID, list_id: str, entries: Sequence[Ranked], ttl: timedelta) -> None: ...
-    async def read(self, viewer: uuid.UUID, list_id: str, start: int, count: int) -> list[Ranked] | None: ...
+    # Entries from `start` on (fewer at the end) and the length of the whole list; None: no such list
+    # of this viewer's (expired, or never theirs).
+    async def read(self, viewer: uuid.UUID, list_id: str, start: int, count: int
+                   ) -> tuple[list[Ranked], int] | None: ...
 
 
 class BlockList(Protocol):
@@ -144,39 +148,52 @@ def _position(key: bytes, cursor: str) -> tuple[str, int]:
 async def _page(deps: NearbyDeps, viewer_id: uuid.UUID, list_id: str, start: int, size: int,
                 fresh: list[Ranked] | None) -> Page:
     chosen: list[Candidate] = []
-    position = read_to = start
-    while len(chosen) < size:
-        # Read a little more than a page: some will have been swiped, blocked or hidden since.
-        want = 2 * size
-        chunk = (fresh[position:position + want] if fresh is not None
-                 else await deps.lists.read(viewer_id, list_id, position, want))
-        if chunk is None:
-            raise InputError(Code.INVALID_CURSOR, "This list has expired; start again without a cursor", "after")
+    position = start
+    total = len(fresh) if fresh is not None else None
+    # A little more than a page: some will have been swiped, blocked or hidden since. Twice as much
+    # each time round: someone back in a place where they swiped hundreds finds them first in a new
+    # list, and must not pay a round trip per page of them.
+    want = size
+    while len(chosen) < size and (total is None or position < total):
+        want = min(2 * want, MAX_CHUNK)
+        if fresh is not None:
+            chunk = fresh[position:position + want]
+        else:
+            found = await deps.lists.read(viewer_id, list_id, position, want)
+            if found is None:
+                raise InputError(Code.INVALID_CURSOR, "This list has expired; start again without a cursor", "after")
+            chunk, total = found
         if not chunk:
-            return Page(chosen, _cursor(deps, list_id, position) if chosen else None, False)
+            break
         ids = [entry.user_id for entry in chunk]
-        # The checks are independent: asked at once, profiles for the whole chunk.
-        swiped, blocked, people = await asyncio.gather(
-            already_swiped(deps.swipes, viewer_id, ids), deps.blocks.blocked_among(viewer_id, ids),
-            deps.swipes.users.get_many(ids),
-        )
-        read_to = position + len(chunk)
+        left_out, people = await _left_out(deps, viewer_id, ids)
         for entry in chunk:
             position += 1
-            if entry.user_id in swiped or entry.user_id in blocked:
+            if entry.user_id in left_out:
                 continue
             person = people.get(entry.user_id)
             if person is not None and person.visibility is Visibility.VISIBLE:
                 chosen.append(Candidate(person, entry, _cursor(deps, list_id, position)))
                 if len(chosen) == size:
                     break
-    if fresh is not None:
-        more = position < len(fresh)
-    elif position < read_to:
-        more = True  # entries are left in the chunk just read: no need to ask again
-    else:
-        more = bool(await deps.lists.read(viewer_id, list_id, position, 1))
-    return Page(chosen, _cursor(deps, list_id, position), more)
+    if not chosen:
+        return Page(chosen, None, False)
+    return Page(chosen, _cursor(deps, list_id, position), total is not None and position < total)
+
+
+async def _left_out(deps: NearbyDeps, viewer_id: uuid.UUID, ids: list[uuid.UUID]
+                    ) -> tuple[set[uuid.UUID], dict[uuid.UUID, User]]:
+    """Who of `ids` the viewer swiped or blocked, as of now, and everyone's current profile.
+
+    already_swiped's rule (a swipe still queued counts, an undo still queued un-counts the written
+    swipe), with the queue and the relation table asked at once instead of one after the other: all
+    four reads are independent, so a page waits for the slowest, not for their sum."""
+    queued, written, blocked, people = await asyncio.gather(
+        deps.swipes.queue.pending(viewer_id, ids), deps.swipes.relations.swipes(viewer_id, ids),
+        deps.blocks.blocked_among(viewer_id, ids), deps.swipes.users.get_many(ids),
+    )
+    swiped = {t for t, s in queued.items() if s is not None} | {t for t in written if t not in queued}
+    return swiped | blocked, people
 
 
 def _cursor(deps: NearbyDeps, list_id: str, position: int) -> str:

@@ -29,6 +29,7 @@ class ProfileChanges:
     max_distance_km: int | None = None
     visibility: Visibility | None = None
     show_activity: bool | None = None
+    show_read_receipts: bool | None = None
 
 
 def apply_changes(user: User, ch: ProfileChanges) -> User:
@@ -49,6 +50,8 @@ def apply_changes(user: User, ch: ProfileChanges) -> User:
         updated = replace(updated, visibility=ch.visibility)
     if ch.show_activity is not None:
         updated = replace(updated, show_activity=ch.show_activity)
+    if ch.show_read_receipts is not None:
+        updated = replace(updated, show_read_receipts=ch.show_read_receipts)
     return replace(updated, discovery=_discovery(updated.discovery, ch))
 
 

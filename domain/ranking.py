@@ -114,6 +114,9 @@ def rank(viewer: Listing, wanted: Wanted, candidates: Iterable[Listing], today: 
     bands: dict[str, int] = {}
     reaches: dict[int, int] = {}
     pool: list[tuple[Listing, int]] = []  # (listing, band)
+    # Dates differ by whole days, so today - active_on > inactive_after exactly when active_on is
+    # before this day.
+    idle_before = today - timedelta(days=inactive_after.days)
     seen: set[int] = set()
     for other in candidates:
         if other.gender not in genders or viewer_gender not in other.show_me:
@@ -123,7 +126,7 @@ def rank(viewer: Listing, wanted: Wanted, candidates: Iterable[Listing], today: 
         birth = other.birth_date
         if birth > born_until or (born_after is not None and birth <= born_after):
             continue
-        if other.active_on is not None and today - other.active_on > inactive_after:
+        if other.active_on is not None and other.active_on < idle_before:
             continue
         band = bands.get(other.cell)
         if band is None:
@@ -144,15 +147,17 @@ def rank(viewer: Listing, wanted: Wanted, candidates: Iterable[Listing], today: 
     weight = {tag: 1 + math.log((len(pool) + 1) / (n + 1)) for tag, n in counts.items()}
     most = sum(sorted((weight.get(t, 0.0) for t in viewer.tags), reverse=True)[:len(viewer.tags)]) or 1.0
     viewer_tags, show_me, own_reach = viewer.tags, viewer.show_me, radius_band(viewer.max_distance_km)
-    recently = timedelta(days=ACTIVE_DAYS)
+    viewer_set = frozenset(viewer_tags)
+    active_since = today - timedelta(days=ACTIVE_DAYS)
     own_births = _births(today, viewer.age_min, viewer.age_max)  # whom the viewer's own settings fit
     salt = viewer.user_id.bytes + today.isoformat().encode()  # as tie_break()
     scores: dict[tuple[tuple[str, ...], int, bool, bool], float] = {}  # most people share a few of these
     keys: list[tuple[int, float, int, int]] = []
     entries: list[Ranked] = []
     for other, band in pool:
-        shared = tuple(filter(other.tags.__contains__, viewer_tags)) if viewer_tags else ()
-        active = other.active_on is not None and today - other.active_on <= recently
+        # Most people share none of the viewer's tags: the set test says so without building anything.
+        shared = () if viewer_set.isdisjoint(other.tags) else tuple(filter(other.tags.__contains__, viewer_tags))
+        active = other.active_on is not None and other.active_on >= active_since
         fit = (other.gender in show_me and band <= own_reach and own_births is not None
                and other.birth_date <= own_births[1] and (own_births[0] is None or other.birth_date > own_births[0]))
         score = scores.get((shared, band, active, fit))

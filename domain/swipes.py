@@ -97,6 +97,10 @@ class Relations(Protocol):
     async def super_likers(self, user_id: uuid.UUID, limit: int) -> list[uuid.UUID]: ...
 
 
+class ChatCloser(Protocol):
+    async def close(self, chat_id: uuid.UUID) -> None: ...
+
+
 @dataclass(frozen=True)
 class SwipeDeps:
     users: UserRepo
@@ -104,6 +108,7 @@ class SwipeDeps:
     relations: Relations
     events: EventPublisher
     limits: Limits
+    chats: ChatCloser | None = None  # a match's chat ends with it
 
 
 def _target_id(viewer: uuid.UUID, raw_id: str, self_code: Code = Code.CANNOT_SWIPE_SELF) -> uuid.UUID:
@@ -222,5 +227,8 @@ async def report(deps: SwipeDeps, user_id: uuid.UUID, raw_id: str, reason: Repor
 
 
 async def _tell_both(deps: SwipeDeps, ended: Match) -> None:
+    if deps.chats is not None:
+        # Before the events: whoever hears MatchEnded can no longer send, and chat subscribers end.
+        await deps.chats.close(ended.id)
     for side, other in ((ended.user_id, ended.other_id), (ended.other_id, ended.user_id)):
         await deps.events.publish(MatchEnded(side, ended.id, other))

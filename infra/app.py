@@ -17,20 +17,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from domain.chat import ChatDeps
 from domain.locations import LocationDeps, LocationLimits
 from domain.nearby import NearbyDeps
+from domain.photos import PhotoDeps, PhotoLimits
 from domain.swipes import Limits, SwipeDeps
 from infra.broadcast import make_broadcast
 from infra.buckets import RedisBuckets, RedisCandidateLists
+from infra.chat_log import RedisChatBus, RedisChatLog, chats_spec
 from infra.db import open_pool
 from infra.events import UserChannels
 from infra.geoip import MaxMindGeoIp, packaged_database
 from infra.graphql_app import GraphQLApp
-from infra.metrics import REGISTRY, Metrics
+from infra.metrics import ASYNCIO_TASKS, REGISTRY, Metrics
+from infra.pg_chats import PgChatMembers, PgSequences
 from infra.pg_locations import PgActivity, PgLocations
+from infra.pg_photos import PgPhotos
 from infra.pg_relations import PgRelations
 from infra.pg_users import PgSessions, PgUsers
+from infra.photo_store import photo_store
+from infra.presence import RedisPresence
 from infra.quotas import RedisQuotas
+from infra.rate_limiter import RedisRateLimiter
 from infra.redis_client import open_redis
 from infra.security import Argon2Hasher, JwtSigner
 from infra.settings import Settings
@@ -62,12 +70,19 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         stack.push_async_callback(redis.aclose)
         broadcast = await stack.enter_async_context(make_broadcast(settings.redis_url))
         channels = UserChannels(broadcast, settings.redis_prefix)
+        rate_limiter = RedisRateLimiter(redis, settings.redis_prefix, scale=settings.rate_limit_scale)
+        await rate_limiter.start()
+        stack.push_async_callback(rate_limiter.close)
         limits = Limits(settings.likes_per_day, settings.super_likes_per_day,
                         timedelta(seconds=settings.undo_window_seconds))
         queue = RedisSwipeQueue(redis, swipes_spec(settings.redis_prefix, settings.swipe_partitions),
                                 limits.undo_window, settings.ack_replicas, settings.ack_timeout_ms)
         relations, quotas = PgRelations(pool), RedisQuotas(redis, settings.redis_prefix)
-        swipe_deps = SwipeDeps(PgUsers(pool), queue, relations, channels, limits)
+        chat_log = RedisChatLog(redis, chats_spec(settings.redis_prefix, settings.chat_partitions),
+                                settings.chat_recent_messages, settings.ack_replicas, settings.ack_timeout_ms)
+        chats = ChatDeps(PgChatMembers(pool), PgSequences(pool), chat_log,
+                         RedisChatBus(broadcast, settings.redis_prefix))
+        swipe_deps = SwipeDeps(PgUsers(pool), queue, relations, channels, limits, chats=chat_log)
         geoip = MaxMindGeoIp(Path(settings.geoip_database) if settings.geoip_database else packaged_database())
         stack.callback(geoip.close)
         places = LocationDeps(PgLocations(pool), quotas, geoip, PgActivity(pool), LocationLimits(
@@ -79,12 +94,18 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         nearby = NearbyDeps(swipe_deps, places, RedisBuckets(redis, settings.redis_prefix),
                             RedisCandidateLists(redis, settings.redis_prefix), relations, cursor_key,
                             timedelta(days=settings.inactive_days))
+        presence = RedisPresence(redis, settings.redis_prefix)
+        await stack.enter_async_context(presence.running())
         ports = Ports(
             users=PgUsers(pool), sessions=PgSessions(pool, redis, settings.redis_prefix),
             hasher=Argon2Hasher(settings.argon2_time_cost, settings.argon2_memory_kib),
             tokens=JwtSigner(settings.secret_key, settings.access_ttl.total_seconds()),
             events=channels, user_events=channels, refresh_ttl=settings.refresh_ttl, swipes=swipe_deps,
-            cursor_key=cursor_key, places=places, nearby=nearby,
+            cursor_key=cursor_key, places=places, nearby=nearby, chats=chats,
+            photos=PhotoDeps(PgPhotos(pool), photo_store(settings), quotas, channels, PhotoLimits(
+                upload_ttl=timedelta(seconds=settings.photo_upload_seconds),
+                uploads_per_hour=settings.photo_uploads_per_hour)),
+            presence=presence, rate_limiter=rate_limiter,
         )
         yield Runtime(settings, pool, redis, ports)
 
@@ -113,6 +134,8 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
+        # Read here, on the loop: a gauge callback would also run in workers' exporter threads.
+        ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     graphql = GraphQLApp(

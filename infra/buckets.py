@@ -1,4 +1,5 @@
 import os
+import struct
 import time
 import uuid
 from collections.abc import Sequence
@@ -165,23 +166,59 @@ class RedisBuckets:
             await pipe.execute()
 
 
-_HEADER = b"v1"  # first element of every list, so an empty list still exists until it expires
+# A ranked list is one string: a fixed header, then one fixed-size record per person. Saving
+# thousands of people is one SET of one value (packing an RPUSH argument per person cost a first page
+# more CPU than Redis spent storing them), and a page is one GETRANGE at an offset known from its
+# position, in the same round trip as the header that says how long the list is.
+# Header: magic, number of records, then the list's vocabulary: every tag shared with anyone on it, by
+# catalogue position. Shared tags are always some of the viewer's own (at most MAX_TAGS), so a record
+# names its shared tags as a 16-bit mask over that vocabulary.
+# Record: id (16 bytes), band, flags (1: active recently, 2: super liked the viewer), mask (2 bytes).
+_MAGIC = b"NL1"
+_HEAD = 64
+_VOCABULARY = 16
+_RECORD = 20
+_COUNT = struct.Struct(">3sIB")
 
 
-def encode_ranked(entry: Ranked) -> bytes:
-    return entry.user_id.bytes + _ranked_tail(entry.band, entry.shared_tags, entry.active_recently, entry.super_like)
+def encode_list(entries: Sequence[Ranked]) -> bytes:
+    vocabulary = sorted({t for shared in {e.shared_tags for e in entries} for t in shared if t in _TAG_INDEX},
+                        key=_TAG_INDEX.__getitem__)
+    if len(vocabulary) > _VOCABULARY:
+        raise ValueError(f"a list names at most {_VOCABULARY} shared tags, not {len(vocabulary)}")
+    bit = {tag: 1 << i for i, tag in enumerate(vocabulary)}
+    head = _COUNT.pack(_MAGIC, len(entries), len(vocabulary)) + b"".join(
+        _TAG_INDEX[t].to_bytes(2, "big") for t in vocabulary)
+    records = [head.ljust(_HEAD, b"\0")]
+    tails: dict[tuple[int, tuple[str, ...], bool, bool], bytes] = {}  # far fewer than the people
+    for e in entries:
+        key = (e.band, e.shared_tags, e.active_recently, e.super_like)
+        tail = tails.get(key)
+        if tail is None:
+            mask = sum(bit.get(t, 0) for t in e.shared_tags)
+            tail = tails[key] = bytes((e.band, e.active_recently | e.super_like << 1)) + mask.to_bytes(2, "big")
+        records.append(e.user_id.int.to_bytes(16, "big") + tail)  # what UUID.bytes does, without its call
+    return b"".join(records)
 
 
-@lru_cache(maxsize=1 << 12)  # the entries of a list differ in their ids, far less in the rest
-def _ranked_tail(band: int, shared_tags: tuple[str, ...], active_recently: bool, super_like: bool) -> bytes:
-    tags = ",".join(str(_TAG_INDEX[t]) for t in shared_tags if t in _TAG_INDEX)
-    return f"{band}|{tags}|{int(active_recently)}|{int(super_like)}".encode()
-
-
-def decode_ranked(raw: bytes) -> Ranked:
-    band, tags, active, super_like = raw[16:].decode().split("|")
-    shared = tuple(CATALOGUE[int(i)].slug for i in tags.split(",")) if tags else ()
-    return Ranked(uuid.UUID(bytes=raw[:16]), int(band), shared, active == "1", super_like == "1", 0.0)
+def decode_list(head: bytes, body: bytes) -> tuple[list[Ranked], int] | None:
+    """The records in `body` and the length of the whole list; None: not a list of this layout."""
+    if len(head) < _HEAD or not head.startswith(_MAGIC):
+        return None
+    _, total, size = _COUNT.unpack_from(head)
+    start = _COUNT.size
+    vocabulary = [CATALOGUE[int.from_bytes(head[i:i + 2], "big")].slug for i in range(start, start + 2 * size, 2)]
+    tails: dict[bytes, tuple[int, tuple[str, ...], bool, bool]] = {}
+    found = []
+    for at in range(0, len(body) - _RECORD + 1, _RECORD):
+        raw = body[at + 16:at + _RECORD]
+        tail = tails.get(raw)
+        if tail is None:
+            mask = int.from_bytes(raw[2:], "big")
+            shared = tuple(tag for i, tag in enumerate(vocabulary) if mask >> i & 1)
+            tail = tails[raw] = (raw[0], shared, bool(raw[1] & 1), bool(raw[1] & 2))
+        found.append(Ranked(uuid.UUID(bytes=body[at:at + 16]), *tail, 0.0))
+    return found, total
 
 
 class RedisCandidateLists:
@@ -190,20 +227,19 @@ class RedisCandidateLists:
         self._prefix = prefix
 
     def _key(self, viewer: uuid.UUID, list_id: str) -> str:
-        # The viewer's hash tag: their lists live beside their other keys.
-        return f"{self._prefix}{{u:{viewer}}}:nearby:{list_id}"
+        # The viewer's hash tag: their lists live beside their other keys, and nobody else's cursor
+        # names one of them.
+        return f"{self._prefix}{{u:{viewer}}}:nearby:v2:{list_id}"
 
     async def save(self, viewer: uuid.UUID, list_id: str, entries: Sequence[Ranked], ttl: timedelta) -> None:
-        key = self._key(viewer, list_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, _HEADER, *(encode_ranked(e) for e in entries))
-            pipe.pexpire(key, int(ttl.total_seconds() * 1000))
-            await pipe.execute()
+        await self._redis.set(self._key(viewer, list_id), encode_list(entries), px=int(ttl.total_seconds() * 1000))
 
-    async def read(self, viewer: uuid.UUID, list_id: str, start: int, count: int) -> list[Ranked] | None:
+    async def read(self, viewer: uuid.UUID, list_id: str, start: int, count: int
+                   ) -> tuple[list[Ranked], int] | None:
         key = self._key(viewer, list_id)
+        first = _HEAD + start * _RECORD
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.exists(key)
-            pipe.lrange(key, start + 1, start + count)
-            exists, raw = await pipe.execute()
-        return [decode_ranked(r) for r in raw] if exists else None
+            pipe.getrange(key, 0, _HEAD - 1)
+            pipe.getrange(key, first, first + count * _RECORD - 1)
+            head, body = await pipe.execute()
+        return decode_list(head, body)

@@ -99,7 +99,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     settings = _settings()
     missing = {"postgres": not settings.database_url, "redis": not settings.redis_url,
                "s3": not settings.s3_endpoint_url}
-    with EmbeddedStack(settings.data_dir / "services", **missing) as services:
+    cdn_bucket = settings.s3_bucket if missing["s3"] and not settings.photo_cdn_url else None
+    with EmbeddedStack(settings.data_dir / "services", **missing, cdn_bucket=cdn_bucket) as services:
         env = dict(os.environ)
         if missing["postgres"]:
             env["DATABASE_URL"] = services.database_url
@@ -108,6 +109,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if missing["s3"]:
             env.update(S3_ENDPOINT_URL=services.s3_endpoint_url, S3_ACCESS_KEY=services.s3_access_key,
                        S3_SECRET_KEY=services.s3_secret_key)
+        if services.cdn_url:
+            env["PHOTO_CDN_URL"] = services.cdn_url
         env["NEWFRIENDS_SECRET_KEY"] = settings.secret_key
         env["NEWFRIENDS_DATA_DIR"] = str(settings.data_dir)
         return _supervise(settings, env)

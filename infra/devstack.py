@@ -42,6 +42,7 @@ class Services:
     s3_endpoint_url: str
     s3_access_key: str
     s3_secret_key: str
+    cdn_url: str = ""
 
 
 def free_port() -> int:
@@ -182,9 +183,13 @@ class _Child:
 
 
 class EmbeddedStack:
-    def __init__(self, data_dir: Path, *, postgres: bool = True, redis: bool = True, s3: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, postgres: bool = True, redis: bool = True, s3: bool = True,
+                 cdn_bucket: str | None = None) -> None:
         self._dir = data_dir.resolve()
         self._want = {"postgres": postgres, "redis": redis, "s3": s3}
+        # With a bucket named (and S3 embedded), an anonymous read-only server of that bucket's public
+        # prefix plays the CDN, so photo URLs open in a browser.
+        self._cdn_bucket = cdn_bucket if s3 else None
         self._children: list[_Child] = []
 
     def __enter__(self) -> Services:
@@ -194,10 +199,11 @@ class EmbeddedStack:
             database_url = self._start_postgres() if self._want["postgres"] else ""
             redis_url = self._start_redis() if self._want["redis"] else ""
             s3_endpoint, access_key, secret_key = self._start_s3() if self._want["s3"] else ("", "", "")
+            cdn_url = self._start_cdn(self._cdn_bucket) if self._cdn_bucket else ""
         except BaseException:
             self._stop_all()
             raise
-        return Services(database_url, redis_url, s3_endpoint, access_key, secret_key)
+        return Services(database_url, redis_url, s3_endpoint, access_key, secret_key, cdn_url)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -281,6 +287,23 @@ class EmbeddedStack:
             _http_answers, env=env,
         )
         return f"http://127.0.0.1:{port}", access_key, secret_key
+
+    def _start_cdn(self, bucket: str) -> str:
+        # rclone keeps a bucket as a directory under the S3 root; making it here also creates the bucket.
+        root = self._dir / "s3" / bucket
+        root.mkdir(parents=True, exist_ok=True)
+        self._reap_leftover("cdn")
+        blank = self._dir / "run" / "no-listing.html"
+        blank.write_text("")  # directory listings would name every photo's token
+        rclone = _rclone()
+        port = self._launch(
+            "cdn",
+            lambda port: [rclone, "serve", "http", str(root), "--addr", f"127.0.0.1:{port}",
+                          "--include", "/photos/**", "--dir-cache-time", "0s", "--template", str(blank),
+                          "--config", str(self._dir / "run" / "rclone.conf")],
+            _http_answers,
+        )
+        return f"http://127.0.0.1:{port}"
 
     def _s3_credentials(self) -> tuple[str, str]:
         path = self._dir / "s3-credentials.json"

@@ -7,11 +7,27 @@ from datetime import UTC, datetime
 from broadcaster import Broadcast
 
 from domain.errors import Code, DomainError
-from domain.events import MatchCreated, MatchEnded, ProfileChanged, SessionsEnded, UserEvent
+from domain.events import (
+    MatchCreated,
+    MatchEnded,
+    MessagePosted,
+    PhotoChanged,
+    ProfileChanged,
+    SessionsEnded,
+    UserEvent,
+)
 from infra.broadcast import BroadcastConnectionLost
+from infra.chat_codec import decode_message, encode_message
+
+
+def new_message_event(user_id: uuid.UUID, raw_message: str) -> str:
+    # The message's stored JSON as it is: the chat pusher forwards thousands a second.
+    return f'{{"type": "new_message", "user": "{user_id}", "m": {raw_message}}}'
 
 
 def encode(event: UserEvent) -> str:
+    if isinstance(event, MessagePosted):
+        return new_message_event(event.user_id, encode_message(event.message))
     if isinstance(event, SessionsEnded):
         ids = None if event.session_ids is None else [str(s) for s in event.session_ids]
         return json.dumps({"type": "sessions_ended", "user": str(event.user_id), "sessions": ids,
@@ -24,6 +40,8 @@ def encode(event: UserEvent) -> str:
         moment = "" if at is None else f', "at": {round(at.timestamp() * 1000)}'
         return (f'{{"type": "{kind}", "user": "{event.user_id}", "match": "{event.match_id}",'
                 f' "other": "{event.other_id}"{moment}}}')
+    if isinstance(event, PhotoChanged):
+        return json.dumps({"type": "photo_changed", "user": str(event.user_id), "photo": str(event.photo_id)})
     return json.dumps({"type": "profile_changed", "user": str(event.user_id)})
 
 
@@ -35,6 +53,10 @@ def decode(raw: str) -> UserEvent | None:
         return SessionsEnded(user_id, ids, data["reason"])
     if data["type"] == "profile_changed":
         return ProfileChanged(user_id)
+    if data["type"] == "photo_changed":
+        return PhotoChanged(user_id, uuid.UUID(data["photo"]))
+    if data["type"] == "new_message":
+        return MessagePosted(user_id, decode_message(data["m"]))
     if data["type"] == "match_created":
         at = data.get("at")
         return MatchCreated(user_id, uuid.UUID(data["match"]), uuid.UUID(data["other"]),

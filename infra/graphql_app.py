@@ -185,6 +185,10 @@ class GraphQLApp(GraphQL[Context, None]):
         document = self._parse(bytes(body))
         if not isinstance(document, dict | list):
             raise HttpError(400, Code.BAD_REQUEST, "Request body must be a JSON object")
+        batching = self.schema.config.batching_config
+        most = batching["max_operations"] if batching else 1
+        if isinstance(document, list) and not 1 <= len(document) <= most:
+            raise HttpError(400, Code.BAD_REQUEST, f"A batch holds 1 to {most} operations")
         self._check_document(document)
 
     @staticmethod
@@ -254,6 +258,10 @@ class GraphQLApp(GraphQL[Context, None]):
         context.bearer = bearer_token(raw) if isinstance(raw, str) else None
         principal = await context.authenticate()
         ws = context.transport
+        if principal is None and getattr(context.auth_error, "code", None) is Code.UNAVAILABLE:
+            # The session could not be checked (Redis away): no refusal, come back in a moment.
+            await self._close(ws, CLOSE_TRY_AGAIN, "Sign-in checks are unavailable; reconnect")
+            raise ConnectionRejectionError({"code": Code.UNAVAILABLE.value})
         if principal is None:
             reason = getattr(context.auth_error, "reason", "SIGN_IN_REQUIRED")
             payload = {"code": Code.UNAUTHENTICATED.value, "reason": reason,
@@ -267,7 +275,11 @@ class GraphQLApp(GraphQL[Context, None]):
             # with the same token; 4401 is final for them, and the reason says whether a refresh helps.
             await self._close(ws, CLOSE_UNAUTHORIZED, reason)
             raise ConnectionRejectionError(payload)
-        self._watchers[id(ws)] = asyncio.create_task(self._watch_session(ws, principal))
+        self._watchers[id(ws)] = watcher = asyncio.create_task(self._watch_session(ws, principal))
+        # Online while the socket lives: its watcher ends (or is cancelled) exactly when it closes.
+        presence = self._ports().presence
+        presence.connected(principal.user_id)
+        watcher.add_done_callback(lambda _: presence.disconnected(principal.user_id))
         return None
 
     async def _serve_websocket(self, ws: WebSocket) -> None:

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import CannotGetOperationTypeError
 from strawberry.types.execution import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 REGISTRY = CollectorRegistry()
 OPERATIONS = Counter(
@@ -20,6 +21,10 @@ HTTP_REJECTIONS = Counter(
     "http_rejected_requests", "Requests refused before GraphQL ran", ["code"], registry=REGISTRY
 )
 WEBSOCKETS = Gauge("websocket_connections", "Open WebSocket connections", registry=REGISTRY)
+# Counted down only once the subscription's resolver has run its cleanup: a socket that drops
+# without freeing what it held shows here, and in asyncio_tasks.
+SUBSCRIPTIONS = Gauge("graphql_subscriptions", "Live GraphQL subscriptions", registry=REGISTRY)
+ASYNCIO_TASKS = Gauge("asyncio_tasks", "Tasks alive in the event loop, when last scraped", registry=REGISTRY)
 
 
 # Operation names come from clients; past this many distinct ones, new names count as "other" so
@@ -38,9 +43,23 @@ def operation_label(name: str | None) -> str:
 
 
 class Metrics(SchemaExtension):
+    live = False
+
+    def on_execute(self) -> Iterator[None]:
+        # For a subscription the operation hook spans its whole life; only here is its type known.
+        if self.execution_context.operation_type is OperationType.SUBSCRIPTION:
+            self.live = True
+            SUBSCRIPTIONS.inc()
+        yield
+
     def on_operation(self) -> Iterator[None]:
         started = time.perf_counter()
-        yield
+        try:
+            yield
+        finally:
+            # A subscription ends by cancellation or a closed generator as often as by completing.
+            if self.live:
+                SUBSCRIPTIONS.dec()
         ctx = self.execution_context
         name = operation_label(ctx.operation_name)
         try:

@@ -284,10 +284,13 @@ async def match_likes(conn: asyncpg.Connection, likes: Sequence[str], *, inserte
     return [Match(r["id"], r["low_id"], r["high_id"], r["created_at"]) for r in rows]
 
 
+# Pairs as "low|high" lines, split here like the entries: a uuid[] parameter would make asyncpg look
+# the array type up on every new connection (three more queries, one of them slow to plan).
+_MARK_ANNOUNCED = (
+    "UPDATE matches SET notified = true WHERE (low_id, high_id) IN"
+    f" (SELECT split_part(x, '|', 1)::uuid, split_part(x, '|', 2)::uuid FROM {_ENTRIES})"
+)
+
+
 async def mark_announced(db: asyncpg.Pool | asyncpg.Connection, matches: list[Match]) -> None:
-    low = [m.user_id for m in matches]
-    high = [m.other_id for m in matches]
-    await db.execute(
-        "UPDATE matches SET notified = true WHERE (low_id, high_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))",
-        low, high,
-    )
+    await db.execute(_MARK_ANNOUNCED, "\n".join([f"{m.user_id}|{m.other_id}" for m in matches]))

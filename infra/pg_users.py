@@ -1,16 +1,20 @@
 import ipaddress
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from domain.errors import Code, DomainError
 from domain.model import Discovery, Gender, Session, User, Visibility
 
 _USER_COLUMNS = (
     "id, email, display_name, birth_date, gender, created_at, bio, show_me, interest_tags,"
-    " age_min, age_max, max_distance_km, visibility, show_activity"
+    " age_min, age_max, max_distance_km, visibility, show_activity, show_read_receipts"
 )
 
 
@@ -21,6 +25,7 @@ def _user(row: asyncpg.Record) -> User:
         show_me=frozenset(Gender(g) for g in row["show_me"]), interest_tags=tuple(row["interest_tags"]),
         discovery=Discovery(row["age_min"], row["age_max"], row["max_distance_km"]),
         visibility=Visibility(row["visibility"]), show_activity=row["show_activity"],
+        show_read_receipts=row["show_read_receipts"],
     )
 
 
@@ -54,9 +59,10 @@ class PgUsers:
             await conn.execute(
                 "INSERT INTO users (display_name, bio, gender, show_me, interest_tags, age_min, age_max,"
                 " max_distance_km, visibility, id, email, password_hash, birth_date, created_at, updated_at,"
-                " show_activity) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)",
+                " show_activity, show_read_receipts)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16)",
                 *_profile_values(user), user.id, user.email, password_hash, user.birth_date, user.created_at,
-                user.show_activity,
+                user.show_activity, user.show_read_receipts,
             )
             return True
 
@@ -93,8 +99,8 @@ class PgUsers:
         await self._pool.execute(
             "UPDATE users SET display_name = $1, bio = $2, gender = $3, show_me = $4, interest_tags = $5,"
             " age_min = $6, age_max = $7, max_distance_km = $8, visibility = $9, updated_at = $11,"
-            " show_activity = $12 WHERE id = $10 AND deleted_at IS NULL",
-            *_profile_values(user), user.id, now, user.show_activity,
+            " show_activity = $12, show_read_receipts = $13 WHERE id = $10 AND deleted_at IS NULL",
+            *_profile_values(user), user.id, now, user.show_activity, user.show_read_receipts,
         )
 
     async def delete(self, user_id: uuid.UUID, now: datetime) -> None:
@@ -158,15 +164,19 @@ class PgSessions:
         if session_id is not None:
             keys.append(self._key(user_id, session_id))
         # A tombstone rather than a delete: a check that read PostgreSQL just before this commit
-        # must not be able to cache "active" again (it only sets the key if absent).
-        async with self._redis.pipeline(transaction=False) as pipe:
+        # must not be able to cache "active" again (it only sets the key if absent). Without Redis
+        # the caller hears UNAVAILABLE and retries: the revocation above is already committed.
+        async with _redis_or_unavailable(), self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.set(key, b"0", ex=self.CACHE_SECONDS * 4)
             await pipe.execute()
 
     async def is_active(self, user_id: uuid.UUID, session_id: uuid.UUID, now: datetime) -> bool:
         key = self._key(user_id, session_id)
-        cached = await self._redis.get(key)
+        # Not answered from PostgreSQL alone while Redis is away: a revocation made meanwhile could
+        # not write its tombstone, and the stale "active" would be believed once Redis is back.
+        async with _redis_or_unavailable():
+            cached = await self._redis.get(key)
         if cached is not None:
             return cached == b"1"
         active = await self._pool.fetchval(
@@ -174,5 +184,14 @@ class PgSessions:
             user_id, session_id, now,
         )
         if active:
-            await self._redis.set(key, b"1", ex=self.CACHE_SECONDS, nx=True)
+            async with _redis_or_unavailable():
+                await self._redis.set(key, b"1", ex=self.CACHE_SECONDS, nx=True)
         return bool(active)
+
+
+@asynccontextmanager
+async def _redis_or_unavailable() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as error:
+        raise DomainError(Code.UNAVAILABLE, "Sign-in checks are briefly unavailable; try again") from error

@@ -59,6 +59,10 @@ class Settings:
     db_pool_max: int = 10
     ws_init_timeout_seconds: int = 10
     swipe_partitions: int = 16
+    # Partitions of the chat stream, as the design's 100 queue partitions: each chat stays on one,
+    # whose single consumer keeps it in order. The same value on every process.
+    chat_partitions: int = 100
+    chat_recent_messages: int = 1000  # per chat, in Redis; older ones come from the archive
     likes_per_day: int = 100
     super_likes_per_day: int = 1
     undo_window_seconds: int = 300
@@ -73,6 +77,11 @@ class Settings:
     location_updates_per_hour: int = 30
     location_cells_per_day: int = 20
     location_limits: bool = True  # off only for tests that play an attacker; refused in production
+    # Photos. Public URLs start with the CDN's base URL (empty: the bucket's own URL, for development).
+    photo_cdn_url: str = ""
+    photo_upload_seconds: int = 300  # how long a presigned upload stays valid
+    photo_uploads_per_hour: int = 30
+    rate_limit_scale: float = 1.0  # multiplies every rate limit (domain/ratelimits.py); 0 turns them off
 
     @property
     def production(self) -> bool:
@@ -109,6 +118,8 @@ class Settings:
             db_pool_max=_int("DB_POOL_MAX", 10),
             ws_init_timeout_seconds=_int("WS_INIT_TIMEOUT_SECONDS", 10),
             swipe_partitions=_int("SWIPE_PARTITIONS", 16),
+            chat_partitions=_int("CHAT_PARTITIONS", 100),
+            chat_recent_messages=_int("CHAT_RECENT_MESSAGES", 1000),
             likes_per_day=_int("LIKES_PER_DAY", 100),
             super_likes_per_day=_int("SUPER_LIKES_PER_DAY", 1),
             undo_window_seconds=_int("UNDO_WINDOW_SECONDS", 300),
@@ -121,11 +132,21 @@ class Settings:
             location_updates_per_hour=_int("LOCATION_UPDATES_PER_HOUR", 30),
             location_cells_per_day=_int("LOCATION_CELLS_PER_DAY", 20),
             location_limits=os.environ.get("LOCATION_LIMITS", "on") != "off",
+            photo_cdn_url=os.environ.get("PHOTO_CDN_URL", ""),
+            photo_upload_seconds=_int("PHOTO_UPLOAD_SECONDS", 300),
+            photo_uploads_per_hour=_int("PHOTO_UPLOADS_PER_HOUR", 30),
+            rate_limit_scale=_float("RATE_LIMIT_SCALE", 1.0),
         )
+        if settings.production and settings.rate_limit_scale <= 0:
+            raise ConfigError("RATE_LIMIT_SCALE=0 (no rate limits) is for tests only")
+        if settings.rate_limit_scale < 0:
+            raise ConfigError("RATE_LIMIT_SCALE must be 0 or more")
         if settings.production and not settings.location_limits:
             raise ConfigError("LOCATION_LIMITS=off is for tests only")
         if settings.production and len(settings.secret_key) < 32:
             raise ConfigError("NEWFRIENDS_SECRET_KEY (at least 32 characters) is required in production")
+        if settings.chat_partitions < 1 or settings.chat_recent_messages < 1:
+            raise ConfigError("CHAT_PARTITIONS and CHAT_RECENT_MESSAGES must be positive")
         if settings.stream_lease_seconds <= 0:
             raise ConfigError("STREAM_LEASE_SECONDS must be positive")
         return settings

@@ -1,6 +1,6 @@
 import strawberry
 
-from domain import accounts, locations, swipes
+from domain import accounts, locations, photos, swipes
 from domain.errors import DomainError, NotFound
 from domain.ids import parse_id
 from domain.model import Tokens, User
@@ -80,6 +80,7 @@ async def delete_account(info: Info, password: str) -> DeleteAccountResult:
     except DomainError as exc:
         return error_member(exc)
     await swipes.account_deleted(ports.swipes, principal.user_id, ports.clock())
+    await photos.account_deleted(ports.photos, principal.user_id, ports.clock())
     return DoneGQL()
 
 

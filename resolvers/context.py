@@ -10,12 +10,16 @@ from strawberry.dataloader import DataLoader
 from strawberry.types import Info as _Info
 
 from domain.accounts import AuthDeps, authenticate
+from domain.chat import ChatDeps, Message
 from domain.errors import DomainError, Unauthenticated
 from domain.events import UserEvent
 from domain.locations import LocationDeps
 from domain.model import Principal, User
 from domain.nearby import NearbyDeps
+from domain.photos import Photo, PhotoDeps
 from domain.ports import EventPublisher, PasswordHasher, SessionRepo, TokenSigner, UserRepo
+from domain.presence import PresenceBoard, Sighting
+from domain.ratelimits import RateLimiter
 from domain.swipes import SwipeDeps
 
 
@@ -42,7 +46,11 @@ class Ports:
     cursor_key: bytes
     places: LocationDeps
     nearby: NearbyDeps
+    chats: ChatDeps
+    photos: PhotoDeps
+    presence: PresenceBoard
     clock: Callable[[], datetime] = utcnow
+    rate_limiter: RateLimiter | None = None  # read by schema.ratelimit before any resolver
 
     @property
     def auth(self) -> AuthDeps:
@@ -54,11 +62,36 @@ class Loaders:
     # request on a WebSocket, whose context lasts as long as the connection.
     def __init__(self, ports: Ports) -> None:
         self.users = DataLoader[uuid.UUID, User | None](self._load_users, cache=False)
+        # Keyed by (viewer, owner): the photos a viewer may see depend on blocks between the two.
+        self.photos = DataLoader[tuple[uuid.UUID, uuid.UUID], list[Photo]](self._load_photos, cache=False)
+        # Keyed by (chat, viewer): the newest message and the viewer's unread count.
+        self.chat_summaries = DataLoader[tuple[uuid.UUID, uuid.UUID], tuple[Message | None, int]](
+            self._load_chat_summaries, cache=False)
+        self.sightings = DataLoader[uuid.UUID, Sighting](self._load_sightings, cache=False)
         self._ports = ports
 
     async def _load_users(self, ids: list[uuid.UUID]) -> list[User | None]:
         found = await self._ports.users.get_many(list(set(ids)))
         return [found.get(i) for i in ids]
+
+    async def _load_chat_summaries(self, keys: list[tuple[uuid.UUID, uuid.UUID]]
+                                   ) -> list[tuple[Message | None, int]]:
+        unique = list(set(keys))  # lastMessage and unreadCount of one match ask in the same tick
+        found = await asyncio.gather(*(self._ports.chats.log.summary(chat, user) for chat, user in unique))
+        by_key = dict(zip(unique, found, strict=True))
+        return [by_key[k] for k in keys]
+
+    async def _load_sightings(self, ids: list[uuid.UUID]) -> list[Sighting]:
+        found = await self._ports.presence.sightings(list(set(ids)), self._ports.clock())
+        return [found[i] for i in ids]
+
+    async def _load_photos(self, keys: list[tuple[uuid.UUID, uuid.UUID]]) -> list[list[Photo]]:
+        found: dict[tuple[uuid.UUID, uuid.UUID], list[Photo]] = {}
+        for viewer in {v for v, _ in keys}:  # one viewer per request in practice
+            owners = list({o for v, o in keys if v == viewer})
+            for owner, photos in (await self._ports.photos.photos.visible(viewer, owners)).items():
+                found[(viewer, owner)] = photos
+        return [found.get(k, []) for k in keys]
 
 
 @dataclass
@@ -92,7 +125,7 @@ class Context:
         if self.bearer is not None:
             try:
                 self.principal = await authenticate(self.ports.auth, self.bearer, self.ports.clock())
-            except Unauthenticated as exc:
+            except DomainError as exc:  # also UNAVAILABLE: the check could not be made
                 self.auth_error = exc
 
     async def require_user(self) -> Principal:

@@ -2,12 +2,15 @@ from collections.abc import AsyncGenerator
 
 import strawberry
 
-from domain.events import MatchCreated, MatchEnded, ProfileChanged
+from domain.events import MatchCreated, MatchEnded, MessagePosted, PhotoChanged, ProfileChanged
 from domain.swipes import Match
 from resolvers.context import Info
+from resolvers.photos import photo_gql
 from resolvers.swipes import match_gql
 from schema.accounts import MeGQL
+from schema.chats import MessageGQL, NewMessageGQL
 from schema.events import MyEvent, ProfileChangedGQL
+from schema.photos import PhotoChangedGQL
 from schema.swipes import MatchCreatedGQL, MatchEndedGQL
 
 
@@ -28,3 +31,9 @@ async def my_events(info: Info) -> AsyncGenerator[MyEvent, None]:
                     yield MatchCreatedGQL(match=match)
             elif isinstance(event, MatchEnded):
                 yield MatchEndedGQL(match_id=strawberry.ID(str(event.match_id)))
+            elif isinstance(event, MessagePosted):
+                yield NewMessageGQL(message=MessageGQL.from_domain(event.message, principal.user_id))
+            elif isinstance(event, PhotoChanged):
+                photo = await ports.photos.photos.get(principal.user_id, event.photo_id)
+                if photo is not None:  # deleted since
+                    yield PhotoChangedGQL(photo=photo_gql(info, photo))

@@ -22,6 +22,9 @@ from schema.nearby import (
 )
 from schema.swipes import PageInfoGQL
 
+# The catalogue is fixed while a process runs: one GraphQL object per tag, shared by every card.
+_TAGS = {slug: InterestTagGQL.from_domain(tag) for slug, tag in BY_SLUG.items()}
+
 
 def _my_location(where: Whereabouts, now: datetime, info: Info) -> MyLocationGQL | None:
     found = where.current(now, info.context.ports.places.limits.device_fresh_for)
@@ -70,7 +73,7 @@ async def nearby_candidates(info: Info, first: int | None = 20, after: str | Non
         CandidateEdgeGQL(cursor=c.cursor, node=CandidateGQL(
             person=PersonGQL.from_domain(c.person, today),
             why_shown=WhyShownGQL(
-                shared_tags=[InterestTagGQL.from_domain(BY_SLUG[t]) for t in c.why.shared_tags if t in BY_SLUG],
+                shared_tags=[_TAGS[t] for t in c.why.shared_tags if t in _TAGS],
                 distance=BANDS[c.why.band], distance_label=band_label(c.why.band),
                 active_recently=c.why.active_recently and c.person.show_activity, super_liked_you=c.why.super_like,
             ),

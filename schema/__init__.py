@@ -12,10 +12,13 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     SchemaExtension,
 )
+from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 from strawberry.types.graphql import OperationType
 
+from schema.cost import CostBudget
 from schema.errors import ErrorCodes
+from schema.ratelimit import RateLimits
 from schema.root import BenchMutation, Mutation, Query, Subscription
 
 SDL_PATH = Path(__file__).resolve().parent.parent / "schema.graphql"
@@ -28,6 +31,7 @@ class Schema(strawberry.Schema):
 
 Extension = type[SchemaExtension] | Callable[[], SchemaExtension]
 MAX_TOKENS, MAX_ALIASES, MAX_DEPTH = 5_000, 50, 10
+MAX_BATCH = 10  # operations in one HTTP request (a JSON array); each is limited as if sent alone
 KNOWN_DOCUMENT_CHARS = 4_000  # longer documents are parsed and validated every time
 KNOWN_CHARS = 100_000  # all kept texts together; a syntax tree takes up to ~300 bytes per character
 
@@ -125,11 +129,13 @@ def build_schema(*, production: bool = False, extensions: Sequence[Extension] = 
         # an API process for 20 s. Introspection (GraphiQL's is 13 levels deep) does not count.
         lambda: MaxTokensLimiter(MAX_TOKENS), lambda: MaxAliasesLimiter(MAX_ALIASES),
         lambda: QueryDepthLimiter(MAX_DEPTH, should_ignore=lambda ctx: ctx.field_name.startswith("__")),
+        lambda: AddValidationRules([CostBudget]), RateLimits,
     ]
     if production:
         chosen.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
     mutation = BenchMutation if bench_noop else Mutation
-    return Schema(query=Query, mutation=mutation, subscription=Subscription, extensions=chosen)
+    return Schema(query=Query, mutation=mutation, subscription=Subscription, extensions=chosen,
+                  config=StrawberryConfig(batching_config={"max_operations": MAX_BATCH}))
 
 
 def sdl() -> str:

@@ -1,11 +1,15 @@
 import datetime as dt
+import uuid
 from typing import Annotated
 
 import strawberry
 
 from domain.model import Gender, User, Visibility, age_on
 from domain.tags import BY_SLUG, Tag
+from resolvers.context import Info
+from resolvers.photos import own_photos, visible_photos
 from schema.errors import AuthErrorGQL, InputErrorGQL
+from schema.photos import PhotoGQL
 
 GenderGQL = strawberry.enum(Gender, name="Gender")
 VisibilityGQL = strawberry.enum(
@@ -48,8 +52,15 @@ class MeGQL:
     interest_tags: list[InterestTagGQL]
     discovery: DiscoverySettingsGQL
     visibility: Visibility
-    show_activity: bool = strawberry.field(description="Whether others may see that you were active recently.")
+    show_activity: bool = strawberry.field(
+        description="Whether others may see that you were active recently, and your matches your presence.")
+    show_read_receipts: bool = strawberry.field(
+        description="Whether your matches see how far you have read; off, you do not see theirs either.")
     created_at: dt.datetime
+
+    @strawberry.field(description="Yours in every state, in the order others see the ready ones.")
+    async def photos(self, info: Info) -> list[PhotoGQL]:
+        return await own_photos(info, uuid.UUID(self.id))
 
     @classmethod
     def from_domain(cls, user: User, today: dt.date) -> "MeGQL":
@@ -62,6 +73,7 @@ class MeGQL:
                 max_distance_km=user.discovery.max_distance_km,
             ),
             visibility=user.visibility, show_activity=user.show_activity, created_at=user.created_at,
+            show_read_receipts=user.show_read_receipts,
         )
 
 
@@ -76,6 +88,10 @@ class PersonGQL:
     gender: Gender
     bio: str
     interest_tags: list[InterestTagGQL]
+
+    @strawberry.field(description="Ready photos, first the one they chose first; none across a block.")
+    async def photos(self, info: Info) -> list[PhotoGQL]:
+        return await visible_photos(info, uuid.UUID(self.id))
 
     @classmethod
     def from_domain(cls, user: User, today: dt.date) -> "PersonGQL":
@@ -122,7 +138,11 @@ class ProfileInput:
     max_distance_km: int | None = None
     visibility: Visibility | None = None
     show_activity: bool | None = strawberry.field(
-        default=None, description="False hides when you were last active, and ranks you without it."
+        default=None, description="False hides when you were last active (presence included), and ranks you"
+                                  " without it."
+    )
+    show_read_receipts: bool | None = strawberry.field(
+        default=None, description="False sends no read receipts, and shows you none of your matches'."
     )
 
 

@@ -3,6 +3,8 @@ from typing import Annotated
 import strawberry
 
 from schema.accounts import MeGQL
+from schema.chats import NewMessageGQL
+from schema.photos import PhotoChangedGQL
 from schema.swipes import MatchCreatedGQL, MatchEndedGQL
 
 
@@ -12,4 +14,5 @@ class ProfileChangedGQL:
 
 
 # Later features add their events here (matches, messages, ...): clients switch on __typename.
-MyEvent = Annotated[ProfileChangedGQL | MatchCreatedGQL | MatchEndedGQL, strawberry.union("MyEvent")]
+MyEvent = Annotated[ProfileChangedGQL | MatchCreatedGQL | MatchEndedGQL | NewMessageGQL | PhotoChangedGQL,
+                    strawberry.union("MyEvent")]

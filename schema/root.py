@@ -2,7 +2,7 @@ from collections.abc import AsyncGenerator
 
 import strawberry
 
-from resolvers import accounts, events, nearby, profiles, swipes
+from resolvers import accounts, chats, events, nearby, photos, profiles, swipes
 from resolvers.context import Info
 from schema.accounts import (
     AuthResult,
@@ -12,8 +12,15 @@ from schema.accounts import (
     PersonGQL,
     UpdateProfileResult,
 )
+from schema.chats import ChatEventGQL, MarkReadResult, MessageConnectionGQL, SendMessageResult, SetTypingResult
 from schema.events import MyEvent
 from schema.nearby import CandidateConnectionGQL, MyLocationGQL, UpdateLocationResult
+from schema.photos import (
+    ConfirmPhotoUploadResult,
+    DeletePhotoResult,
+    ReorderPhotosResult,
+    RequestPhotoUploadResult,
+)
 from schema.swipes import MatchConnectionGQL, RelationResult, SwipeResult
 
 
@@ -36,6 +43,11 @@ class Query:
     )
     my_location: MyLocationGQL | None = strawberry.field(
         resolver=nearby.my_location, description="How discovery places you; null while unknown."
+    )
+    messages: MessageConnectionGQL = strawberry.field(
+        resolver=chats.messages,
+        description="A chat's messages by seq: the latest `last` (default 20) before `before`, or the first "
+        "`first` after `after`. NOT_FOUND for a chat you are not in, or one that ended.",
     )
 
 
@@ -76,6 +88,33 @@ class Mutation:
     report: RelationResult = strawberry.mutation(
         resolver=swipes.report, description="Sent to moderation; also blocks them."
     )
+    request_photo_upload: RequestPhotoUploadResult = strawberry.mutation(
+        resolver=photos.request_photo_upload,
+        description="Permission to upload one photo (JPEG, PNG, WebP or HEIC, byteSize bytes exactly) for a few "
+        "minutes; at most 6 photos a profile.",
+    )
+    confirm_photo_upload: ConfirmPhotoUploadResult = strawberry.mutation(
+        resolver=photos.confirm_photo_upload,
+        description="The file is uploaded: it is checked and resized, then PhotoChanged arrives on myEvents.",
+    )
+    reorder_photos: ReorderPhotosResult = strawberry.mutation(
+        resolver=photos.reorder_photos, description="All your photos' ids, in the order others should see them."
+    )
+    delete_photo: DeletePhotoResult = strawberry.mutation(
+        resolver=photos.delete_photo, description="The photo and its files go; answers the photos left."
+    )
+    send_message: SendMessageResult = strawberry.mutation(
+        resolver=chats.send_message,
+        description="Answers once the message is accepted (durable); the same clientMessageId again (within a "
+        "day) returns the first answer and sends nothing. CHAT_CLOSED once the match ended.",
+    )
+    mark_read: MarkReadResult = strawberry.mutation(
+        resolver=chats.mark_read, description="Everything up to upToSeq is read; the other person sees a ReadReceipt."
+    )
+    set_typing: SetTypingResult = strawberry.mutation(
+        resolver=chats.set_typing,
+        description="The other person sees Typing for a few seconds; at most once every 2 seconds, never stored.",
+    )
 
 
 @strawberry.type(name="Mutation")
@@ -93,4 +132,13 @@ class Subscription:
     @strawberry.subscription(description="Everything that happens to you, live.")
     async def my_events(self, info: strawberry.Info) -> AsyncGenerator[MyEvent, None]:
         async for event in events.my_events(info):
+            yield event
+
+    @strawberry.subscription(
+        description="A chat, live: every message after afterSeq first (none when omitted), in order, then what "
+        "happens from now on, with nothing lost or repeated in between. Ends after ChatClosed.",
+    )
+    async def chat_events(self, info: strawberry.Info, chat_id: strawberry.ID,
+                          after_seq: int | None = None) -> AsyncGenerator[ChatEventGQL, None]:
+        async for event in chats.chat_events(info, chat_id, after_seq):
             yield event

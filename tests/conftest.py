@@ -27,6 +27,9 @@ def settings(services: TestServices, tmp_path_factory: pytest.TempPathFactory) -
         secret_key=secrets.token_urlsafe(48),
         # Cheap hashes: the suite signs in many users; the production cost is a setting.
         argon2_time_cost=1, argon2_memory_kib=1024,
+        # Every test comes from one address; the limits stay on (and cost what they cost) but a
+        # hundred times higher. tests/e2e/test_rate_limits.py runs servers with the real ones.
+        rate_limit_scale=100.0,
     )
 
 
@@ -39,6 +42,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "S3_BUCKET": settings.s3_bucket, "NEWFRIENDS_SECRET_KEY": settings.secret_key,
         "NEWFRIENDS_DATA_DIR": str(settings.data_dir), "ARGON2_TIME_COST": str(settings.argon2_time_cost),
         "ARGON2_MEMORY_KIB": str(settings.argon2_memory_kib), "NEWFRIENDS_DEMO": "0",
+        "RATE_LIMIT_SCALE": str(settings.rate_limit_scale),
     }
 
 

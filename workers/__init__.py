@@ -8,6 +8,7 @@ WorkerMain = Callable[[Settings], Coroutine[Any, Any, None]]
 
 def registry() -> dict[str, WorkerMain]:
     # Imported lazily so that `newfriends worker X` loads only what X needs.
-    from workers import janitor, location_updater, swipe_writer
+    from workers import chat_pusher, janitor, location_updater, photos, swipe_writer
 
-    return {"janitor": janitor.main, "location-updater": location_updater.main, "swipe-writer": swipe_writer.main}
+    return {"chat-pusher": chat_pusher.main, "janitor": janitor.main, "location-updater": location_updater.main,
+            "photos": photos.main, "swipe-writer": swipe_writer.main}

@@ -631,3 +631,23 @@ async def test_expensive_documents_are_refused_before_running(api: str) -> None:
             body = response.json()
             assert body.get("data") is None and [e["extensions"]["code"] for e in body["errors"]][:1] == [code], \
                 response.text[:300]
+
+
+async def test_batches_are_bounded(api: str) -> None:
+    one = {"query": "{ interestTags { slug } }"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        answered = await client.post(f"{api}/graphql", json=[one, {"query": "{ __typename }"}])
+        assert answered.status_code == 200, answered.text
+        first, second = answered.json()
+        assert first["data"]["interestTags"] and second["data"] == {"__typename": "Query"}
+        for batch in ([], [one] * 11):
+            refused = await client.post(f"{api}/graphql", json=batch)
+            assert refused.status_code == 400
+            assert refused.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST", refused.text
+        # A batch with a costly member is refused member by member, before it runs.
+        page = "matches(first: 100) { edges { node { person { interestTags { slug label category } } } } }"
+        costly = {"query": "{" + " ".join(f"a{i}: {page}" for i in range(12)) + "}"}
+        answered = await client.post(f"{api}/graphql", json=[one, costly])
+        good, bad = answered.json()
+        assert good["data"]["interestTags"] and bad["data"] is None
+        assert bad["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"

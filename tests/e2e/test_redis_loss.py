@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import websockets
 
 from infra.settings import Settings
-from tests.e2e.conftest import running_server, sign_up, ws_url
+from tests.e2e.conftest import gql, running_server, sign_up, ws_url
 from tests.private_redis import PrivateRedis
 
 
@@ -39,3 +40,34 @@ async def test_sockets_close_with_try_again_when_redis_goes_away(
             codes = [e["extensions"]["code"] for f in frames if f["type"] in ("error", "next")
                      for e in (f["payload"] if f["type"] == "error" else f["payload"].get("errors", []))]
             assert set(codes) <= {"UNAVAILABLE"}, frames
+
+
+async def test_signed_in_requests_answer_unavailable_while_redis_is_away(
+    settings: Settings, migrated: None, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    # The session check reads Redis first: without it the answer is "try again", not a server fault.
+    with running_server(settings, tmp_path, REDIS_URL=private_redis.url) as base:
+        account = await sign_up(base)
+        me, profile = "query { me { id } }", 'mutation { updateProfile(input: {bio: "hi"}) { __typename } }'
+        assert (await gql(base, me, {}, account.access_token))["data"]["me"]["id"] == account.id
+        await private_redis.kill()
+        for document in (me, profile):
+            body = await gql(base, document, {}, account.access_token)
+            assert [e["extensions"]["code"] for e in body.get("errors", [])] == ["UNAVAILABLE"], body
+        for subprotocol in ("graphql-transport-ws", "graphql-ws"):
+            async with websockets.connect(ws_url(base), subprotocols=[websockets.Subprotocol(subprotocol)]) as ws:
+                await ws.send(json.dumps({"type": "connection_init",
+                                          "payload": {"Authorization": f"Bearer {account.access_token}"}}))
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async with asyncio.timeout(10):
+                        async for frame in ws:
+                            assert json.loads(frame)["type"] != "connection_ack", frame
+            assert ws.close_code == 1012, (subprotocol, ws.close_code)  # reconnect later, same token
+        await private_redis.start()
+        for _ in range(100):  # until the server's connections are back
+            body = await gql(base, me, {}, account.access_token)
+            if "errors" not in body:
+                break
+            assert body["errors"][0]["extensions"]["code"] == "UNAVAILABLE", body
+            await asyncio.sleep(0.1)
+        assert body["data"]["me"]["id"] == account.id
