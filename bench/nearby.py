@@ -517,8 +517,8 @@ async def breakdown(settings: Settings, viewers: list[uuid.UUID], positions: lis
                 (deps.swipes.users, "get", "pg_viewer"), (deps.places.locations, "get", "pg_location"),
                 (deps.swipes.relations, "super_likers", "pg_super_likers"), (deps.buckets, "listings", "redis_buckets"),
                 (deps.lists, "save", "redis_save_list"), (deps.lists, "read", "redis_read_list"),
-                (deps.swipes.queue, "pending", "redis_queued_swipes"), (deps.swipes.relations, "swipes", "pg_swipes"),
-                (deps.blocks, "blocked_among", "pg_blocks"), (deps.swipes.users, "get_many", "pg_profiles")):
+                (deps.swipes.queue, "pending", "redis_queued_swipes"),
+                (deps.exclusions, "page_people", "pg_page_people")):
             spans.wrap(owner, name, label)
         real_rank = nearby_module.rank
         ranking: list[float] = []

@@ -39,6 +39,15 @@ TARGETS: dict[str, list[Target]] = {
         Target("ratio_first_page_p50", False, "first_page_p50_ms", "geosearch_p50_ms", "ms"),
         Target("ratio_next_page_p50", False, "next_page_p50_ms", "geosearch_p50_ms", "ms"),
     ],
+    "archive": [
+        Target("ratio_wal", True, "msgs_per_s", "baseline_msgs_per_s", "messages/s"),
+        Target("s3_puts_per_100k_msgs_vs_bound", False, "s3_puts_per_100k_msgs", "s3_puts_bound_per_100k_msgs",
+               "PUTs per 100k messages (bound: partitions x windows spanned)"),
+        Target("s3_gets_per_history_page", False, "s3_gets_per_history_page", "s3_gets_per_history_page_mean",
+               "GETs per page (mean)"),
+    ],
+    # Costs for sizing a Redis Cluster (docs/capacity.md), measured on a private Redis: no target.
+    "redis_cost": [],
     "chat": [
         Target("ratio_p50_200", False, "p50_ms_200", "bare_p50_ms_200", "ms"),
         Target("rss_kib_per_ws", False, "rss_kib_per_ws", "idle_ws_count", "KiB (sockets held)"),

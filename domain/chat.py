@@ -1,7 +1,7 @@
 import re
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,8 +81,11 @@ class Memberships(Protocol):
 class Sequences(Protocol):
     """The durable high-water mark of each chat's numbers."""
 
-    # Reserves `count` more numbers above every number reserved before; returns the new ceiling.
-    async def reserve(self, chat_id: uuid.UUID, count: int) -> int: ...
+    # Reserves `count` more numbers above every number reserved before and, before any other
+    # reservation of that chat, awaits apply(floor, ceiling): blocks reach the log in the order they
+    # were reserved, so racing first senders of a new chat still start it at 1.
+    async def reserve(self, chat_id: uuid.UUID, count: int,
+                      apply: Callable[[int, int], Awaitable[None]]) -> None: ...
 
 
 class ChatLog(Protocol):
@@ -181,8 +184,8 @@ async def send(deps: ChatDeps, sender_id: uuid.UUID, raw_chat_id: str, client_me
         sent = await deps.log.append(draft)
         if sent is not None:
             return sent
-        ceiling = await deps.sequences.reserve(member.chat_id, SEQ_BLOCK)
-        await deps.log.extend(member.chat_id, ceiling - SEQ_BLOCK, ceiling)
+        await deps.sequences.reserve(member.chat_id, SEQ_BLOCK,
+                                     lambda floor, ceiling: deps.log.extend(member.chat_id, floor, ceiling))
     raise DomainError(Code.UNAVAILABLE, "Could not number the message; try again")
 
 

@@ -2,18 +2,27 @@ import base64
 import hashlib
 import hmac
 import json
+from functools import lru_cache
 from typing import Any
 
 from domain.errors import Code, InputError
 
 _MAC_BYTES = 12
+# A page signs a cursor per edge: one encoder, and the key's HMAC state worked out once and copied.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+@lru_cache(maxsize=8)
+def _keyed(key: bytes) -> "hmac.HMAC":
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def encode_cursor(key: bytes, kind: str, payload: list[Any]) -> str:
     # Signed, so a client cannot forge positions; the kind keeps one list's cursor out of another.
-    body = json.dumps([kind, *payload], separators=(",", ":")).encode()
-    mac = hmac.new(key, body, hashlib.sha256).digest()[:_MAC_BYTES]
-    return base64.urlsafe_b64encode(mac + body).decode().rstrip("=")
+    body = _COMPACT.encode([kind, *payload]).encode()
+    mac = _keyed(key).copy()
+    mac.update(body)
+    return base64.urlsafe_b64encode(mac.digest()[:_MAC_BYTES] + body).decode().rstrip("=")
 
 
 def decode_cursor(key: bytes, kind: str, cursor: str) -> list[Any]:

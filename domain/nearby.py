@@ -37,8 +37,12 @@ class CandidateLists(Protocol):
                    ) -> tuple[list[Ranked], int] | None: ...
 
 
-class BlockList(Protocol):
-    async def blocked_among(self, user_id: uuid.UUID, others: Sequence[uuid.UUID]) -> set[uuid.UUID]: ...
+class Exclusions(Protocol):
+    # Of `others`: those the viewer has a written swipe on, those blocked either way, and everyone's
+    # current profile (the deleted have none). The first two come from the viewer's own rows and the
+    # profiles sit beside them, so one lookup answers all three.
+    async def page_people(self, user_id: uuid.UUID, others: Sequence[uuid.UUID]
+                          ) -> tuple[set[uuid.UUID], set[uuid.UUID], dict[uuid.UUID, User]]: ...
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class NearbyDeps:
     places: LocationDeps
     buckets: Buckets
     lists: CandidateLists
-    blocks: BlockList
+    exclusions: Exclusions
     cursor_key: bytes
     inactive_after: timedelta = timedelta(days=30)
 
@@ -150,12 +154,11 @@ async def _page(deps: NearbyDeps, viewer_id: uuid.UUID, list_id: str, start: int
     chosen: list[Candidate] = []
     position = start
     total = len(fresh) if fresh is not None else None
-    # A little more than a page: some will have been swiped, blocked or hidden since. Twice as much
-    # each time round: someone back in a place where they swiped hundreds finds them first in a new
-    # list, and must not pay a round trip per page of them.
-    want = size
+    # A little more than a page: a few will have been swiped, blocked or hidden since (each person
+    # checked costs a profile loaded). Twice as much each time round: someone back in a place where
+    # they swiped hundreds finds them first in a new list, and must not pay a round trip per page.
+    want = size + max(2, size // 4)
     while len(chosen) < size and (total is None or position < total):
-        want = min(2 * want, MAX_CHUNK)
         if fresh is not None:
             chunk = fresh[position:position + want]
         else:
@@ -165,6 +168,7 @@ async def _page(deps: NearbyDeps, viewer_id: uuid.UUID, list_id: str, start: int
             chunk, total = found
         if not chunk:
             break
+        want = min(2 * want, MAX_CHUNK)
         ids = [entry.user_id for entry in chunk]
         left_out, people = await _left_out(deps, viewer_id, ids)
         for entry in chunk:
@@ -186,11 +190,10 @@ async def _left_out(deps: NearbyDeps, viewer_id: uuid.UUID, ids: list[uuid.UUID]
     """Who of `ids` the viewer swiped or blocked, as of now, and everyone's current profile.
 
     already_swiped's rule (a swipe still queued counts, an undo still queued un-counts the written
-    swipe), with the queue and the relation table asked at once instead of one after the other: all
-    four reads are independent, so a page waits for the slowest, not for their sum."""
-    queued, written, blocked, people = await asyncio.gather(
-        deps.swipes.queue.pending(viewer_id, ids), deps.swipes.relations.swipes(viewer_id, ids),
-        deps.blocks.blocked_among(viewer_id, ids), deps.swipes.users.get_many(ids),
+    swipe), with the queue and the database asked at once instead of one after the other: the two
+    reads are independent, so a page waits for the slower, not for their sum."""
+    queued, (written, blocked, people) = await asyncio.gather(
+        deps.swipes.queue.pending(viewer_id, ids), deps.exclusions.page_people(viewer_id, ids),
     )
     swiped = {t for t, s in queued.items() if s is not None} | {t for t in written if t not in queued}
     return swiped | blocked, people

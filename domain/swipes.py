@@ -170,7 +170,11 @@ async def undo_last(deps: SwipeDeps, user_id: uuid.UUID, now: datetime) -> tuple
     given_back = (["like"] if last.direction is Direction.LIKE else []) + (["super"] if last.super_like else [])
     if not await deps.queue.enqueue_undo(last, now, given_back):
         raise nothing
-    return last, await deps.users.get(last.target_id)
+    target = await deps.users.get(last.target_id)
+    # The swipe is still theirs to take back, but across a block the other person is gone for them.
+    if target is not None and await deps.relations.blocked_either_way(user_id, target.id):
+        target = None
+    return last, target
 
 
 async def unmatch(deps: SwipeDeps, user_id: uuid.UUID, raw_match_id: str, now: datetime) -> None:

@@ -4,7 +4,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -22,6 +22,8 @@ from domain.locations import LocationDeps, LocationLimits
 from domain.nearby import NearbyDeps
 from domain.photos import PhotoDeps, PhotoLimits
 from domain.swipes import Limits, SwipeDeps
+from infra.archive import S3ChatArchive, S3Objects
+from infra.archive_keys import ErasingCloser, PgArchiveKeys, Sealer
 from infra.broadcast import make_broadcast
 from infra.buckets import RedisBuckets, RedisCandidateLists
 from infra.chat_log import RedisChatBus, RedisChatLog, chats_spec
@@ -30,16 +32,17 @@ from infra.events import UserChannels
 from infra.geoip import MaxMindGeoIp, packaged_database
 from infra.graphql_app import GraphQLApp
 from infra.metrics import ASYNCIO_TASKS, REGISTRY, Metrics
+from infra.pg_archive import PgArchiveIndex
 from infra.pg_chats import PgChatMembers, PgSequences
 from infra.pg_locations import PgActivity, PgLocations
 from infra.pg_photos import PgPhotos
 from infra.pg_relations import PgRelations
 from infra.pg_users import PgSessions, PgUsers
-from infra.photo_store import photo_store
+from infra.photo_store import photo_store, s3_client
 from infra.presence import RedisPresence
 from infra.quotas import RedisQuotas
 from infra.rate_limiter import RedisRateLimiter
-from infra.redis_client import open_redis
+from infra.redis_client import close_redis, open_redis
 from infra.security import Argon2Hasher, JwtSigner
 from infra.settings import Settings
 from infra.swipe_queue import RedisSwipeQueue, swipes_spec
@@ -67,7 +70,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_pool(settings.database_url, settings.db_pool_max))
         redis = open_redis(settings.redis_url)
-        stack.push_async_callback(redis.aclose)
+        stack.push_async_callback(close_redis, redis)
         broadcast = await stack.enter_async_context(make_broadcast(settings.redis_url))
         channels = UserChannels(broadcast, settings.redis_prefix)
         rate_limiter = RedisRateLimiter(redis, settings.redis_prefix, scale=settings.rate_limit_scale)
@@ -78,11 +81,18 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         queue = RedisSwipeQueue(redis, swipes_spec(settings.redis_prefix, settings.swipe_partitions),
                                 limits.undo_window, settings.ack_replicas, settings.ack_timeout_ms)
         relations, quotas = PgRelations(pool), RedisQuotas(redis, settings.redis_prefix)
-        chat_log = RedisChatLog(redis, chats_spec(settings.redis_prefix, settings.chat_partitions),
-                                settings.chat_recent_messages, settings.ack_replicas, settings.ack_timeout_ms)
+        chat_spec = chats_spec(settings.redis_prefix, settings.chat_partitions)
+        chat_log = RedisChatLog(redis, chat_spec, settings.chat_recent_messages, settings.ack_replicas,
+                                settings.ack_timeout_ms)
+        sealer = Sealer.from_secret(settings.secret_key)
+        archive = S3ChatArchive(PgArchiveIndex(pool, chat_spec.scope), S3Objects(s3_client(
+            settings.s3_endpoint_url, settings.s3_access_key, settings.s3_secret_key, settings.s3_region),
+            settings.s3_bucket), sealer)
+        closer = ErasingCloser(chat_log, PgArchiveKeys(pool, sealer),
+                               timedelta(days=settings.archive_report_hold_days), lambda: datetime.now(UTC))
         chats = ChatDeps(PgChatMembers(pool), PgSequences(pool), chat_log,
                          RedisChatBus(broadcast, settings.redis_prefix))
-        swipe_deps = SwipeDeps(PgUsers(pool), queue, relations, channels, limits, chats=chat_log)
+        swipe_deps = SwipeDeps(PgUsers(pool), queue, relations, channels, limits, chats=closer)
         geoip = MaxMindGeoIp(Path(settings.geoip_database) if settings.geoip_database else packaged_database())
         stack.callback(geoip.close)
         places = LocationDeps(PgLocations(pool), quotas, geoip, PgActivity(pool), LocationLimits(
@@ -105,7 +115,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             photos=PhotoDeps(PgPhotos(pool), photo_store(settings), quotas, channels, PhotoLimits(
                 upload_ttl=timedelta(seconds=settings.photo_upload_seconds),
                 uploads_per_hour=settings.photo_uploads_per_hour)),
-            presence=presence, rate_limiter=rate_limiter,
+            presence=presence, rate_limiter=rate_limiter, archive=archive,
         )
         yield Runtime(settings, pool, redis, ports)
 

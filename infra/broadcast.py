@@ -1,6 +1,8 @@
 # broadcaster over Redis pub/sub, fixing two flaws of broadcaster 0.3.1's RedisBackend:
 # with redis-py 8 its listener starts before SUBSCRIBE is done, finds no subscription and parks
-# forever; and a dropped connection leaves every subscriber open and deaf.
+# forever; and a dropped connection leaves every subscriber open and deaf. On a Redis Cluster of
+# Redis 7+ it uses sharded pub/sub: a channel lives on the shard of its hash tag, so fan-out grows
+# with the shards instead of every message crossing every node.
 from __future__ import annotations
 
 import asyncio
@@ -13,11 +15,15 @@ from broadcaster import Broadcast, BroadcastBackend, Event
 from broadcaster._base import Subscriber
 from redis import asyncio as redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from infra.redis_client import Cluster, is_cluster_url, node_url, sharded_pubsub, single_node
+from infra.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +46,26 @@ return 1
 _LOST = Event(channel="", message="")
 
 
+# No hidden retries: a dropped pub/sub connection must surface here so subscribers hear about the
+# gap, and publishing to a dead Redis should fail at once.
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "retry": Retry(NoBackoff(), 0), "socket_timeout": REPLY_TIMEOUT, "socket_connect_timeout": REPLY_TIMEOUT,
+}
+
+
 class _RedisBackend(BroadcastBackend):
-    def __init__(self, url: str) -> None:
-        # No hidden retries: a dropped pub/sub connection must surface here so subscribers hear
-        # about the gap, and publishing to a dead Redis should fail at once.
-        self._redis = redis.Redis.from_url(
-            url,
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=REPLY_TIMEOUT,
-            socket_connect_timeout=REPLY_TIMEOUT,
-        )
+    def __init__(self, client: redis.Redis, *, sharded: bool = False,
+                 events: asyncio.Queue[Event | None] | None = None) -> None:
+        self._redis = client
+        # Sharded: SSUBSCRIBE on the one cluster node that owns every channel given to this backend.
+        self._sharded = sharded
+        self._message = "smessage" if sharded else "message"
         self._refs: dict[str, int] = {}  # subscribers per channel: what to resubscribe after a drop
         self._pubsub: PubSub | None = None  # None while disconnected
         self._lock = asyncio.Lock()  # one (un)subscribe or resubscribe at a time
         self._awaited: tuple[str, bytes, asyncio.Future[None]] | None = None
-        self._events: asyncio.Queue[Event | None] = asyncio.Queue()  # None: connection lost
+        # None: connection lost. Shared by the nodes' backends of one cluster broadcast.
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue() if events is None else events
         self._publish_all = self._redis.register_script(_PUBLISH_ALL)
         self._supervisor: asyncio.Task[None] | None = None
 
@@ -63,9 +74,7 @@ class _RedisBackend(BroadcastBackend):
 
     async def disconnect(self) -> None:
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._supervisor
+            await stop_task(self._supervisor)
         await self._redis.aclose()
 
     async def publish(self, channel: str, message: Any) -> None:
@@ -108,9 +117,12 @@ class _RedisBackend(BroadcastBackend):
         if pubsub is None:
             raise RedisConnectionError("Redis pub/sub connection is down, reconnecting")
         reply = asyncio.get_running_loop().create_future()
-        self._awaited = (kind, channel.encode(), reply)
+        self._awaited = (("s" + kind) if self._sharded else kind, channel.encode(), reply)
         try:
-            await (pubsub.subscribe(channel) if kind == "subscribe" else pubsub.unsubscribe(channel))
+            if self._sharded:
+                await (pubsub.ssubscribe(channel) if kind == "subscribe" else pubsub.sunsubscribe(channel))
+            else:
+                await (pubsub.subscribe(channel) if kind == "subscribe" else pubsub.unsubscribe(channel))
             await asyncio.wait_for(reply, REPLY_TIMEOUT)
         finally:
             self._awaited = None
@@ -122,7 +134,7 @@ class _RedisBackend(BroadcastBackend):
             async with self._lock:
                 # Replies to this are ignored: the reader is not running yet.
                 if self._refs:
-                    await pubsub.subscribe(*self._refs)
+                    await (pubsub.ssubscribe if self._sharded else pubsub.subscribe)(*self._refs)
                 self._pubsub = pubsub
         except BaseException:
             await pubsub.aclose()
@@ -177,10 +189,76 @@ class _RedisBackend(BroadcastBackend):
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind, awaited = message["type"], self._awaited
-        if kind == "message":
+        if kind == self._message:
             self._events.put_nowait(Event(message["channel"].decode(), message["data"].decode()))
         elif awaited and awaited[:2] == (kind, message["channel"]) and not awaited[2].done():
             awaited[2].set_result(None)
+
+
+class _ClusterBackend(BroadcastBackend):
+    """One connection per primary that holds a subscribed channel's slot (SSUBSCRIBE, Redis 7+), or
+    a single one to any node where the cluster only has classic pub/sub (every node hears every
+    PUBLISH)."""
+
+    def __init__(self, url: str) -> None:
+        self._cluster: RedisCluster = Cluster.from_url(node_url(url), **_CLIENT_OPTIONS)
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._nodes: dict[str, _RedisBackend] = {}  # node name -> its subscriptions
+        self._channels: dict[str, _RedisBackend] = {}  # channel -> the backend it was subscribed on
+        self._lock = asyncio.Lock()  # one node connection opened at a time
+        self._sharded = False
+
+    async def connect(self) -> None:
+        self._sharded = await sharded_pubsub(self._cluster)
+
+    async def disconnect(self) -> None:
+        for backend in self._nodes.values():
+            await backend.disconnect()
+        self._nodes.clear()
+        await self._cluster.aclose()
+
+    async def publish(self, channel: str, message: Any) -> None:
+        await (self._cluster.spublish if self._sharded else self._cluster.publish)(channel, message)
+
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        # The pipeline sends each node its messages in order, as one batch.
+        command = "SPUBLISH" if self._sharded else "PUBLISH"
+        async with self._cluster.pipeline(transaction=False) as pipe:
+            for channel, message in messages:
+                pipe.execute_command(command, channel, message)
+            await pipe.execute()
+
+    async def next_published(self) -> Event:
+        event = await self._events.get()
+        if event is None:
+            raise BroadcastConnectionLost()
+        return event
+
+    async def subscribe(self, channel: str) -> None:
+        backend = self._channels.get(channel) or await self._backend_for(channel)
+        self._channels[channel] = backend
+        await backend.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        backend = self._channels[channel]
+        if backend._refs.get(channel) == 1:
+            del self._channels[channel]
+        await backend.unsubscribe(channel)
+
+    async def _backend_for(self, channel: str) -> _RedisBackend:
+        await self._cluster.initialize()
+        node = self._cluster.get_node_from_key(channel) if self._sharded else self._cluster.get_primaries()[0]
+        if node is None:
+            raise RedisConnectionError(f"no cluster node serves channel {channel!r}")
+        async with self._lock:
+            if node.name not in self._nodes:
+                kwargs = self._cluster.nodes_manager.connection_kwargs
+                client = redis.Redis(host=node.host, port=int(node.port), username=kwargs.get("username"),
+                                     password=kwargs.get("password"), ssl=bool(kwargs.get("ssl")), **_CLIENT_OPTIONS)
+                backend = _RedisBackend(client, sharded=self._sharded, events=self._events)
+                await backend.connect()
+                self._nodes[node.name] = backend
+            return self._nodes[node.name]
 
 
 class _Subscriber(Subscriber):
@@ -193,7 +271,7 @@ class _Subscriber(Subscriber):
 
 class _Broadcast(Broadcast):
     async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
-        if isinstance(self._backend, _RedisBackend):
+        if isinstance(self._backend, _RedisBackend | _ClusterBackend):
             await self._backend.publish_many(messages)
             return
         for channel, message in messages:
@@ -232,4 +310,6 @@ class _Broadcast(Broadcast):
 
 
 def make_broadcast(redis_url: str) -> Broadcast:
-    return _Broadcast(backend=_RedisBackend(redis_url))
+    if is_cluster_url(redis_url):
+        return _Broadcast(backend=_ClusterBackend(redis_url))
+    return _Broadcast(backend=_RedisBackend(single_node(redis_url, **_CLIENT_OPTIONS)))

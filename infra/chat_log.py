@@ -11,10 +11,11 @@ from domain.chat import ChatEvent, Message, chat_closed
 from domain.errors import Code, DomainError
 from infra.broadcast import BroadcastConnectionLost
 from infra.chat_codec import closed_event, decode_event, decode_message, encode_event, message_tail
-from infra.redis_client import NotDurable, durably
+from infra.redis_client import NotDurable, durably, sharded_pubsub
 from infra.streams import StreamSpec
 
 CHAT_PUSHER = "chat-pusher"
+CHAT_AGGREGATOR = "chat-aggregator"  # acknowledges once its log has an entry; trims once the archive does
 CLIENT_ID_TTL_MS = 24 * 3600 * 1000  # a retry within a day returns the original message
 T = TypeVar("T")
 
@@ -48,10 +49,11 @@ end
 return 1
 """
 # The stream carries the closing after every message before it (the pusher tells subscribers in
-# order); the direct PUBLISH ends subscriptions at once even while no pusher runs.
+# order); the direct PUBLISH ends subscriptions at once even while no pusher runs. Sharded pub/sub
+# (a cluster) publishes after the script instead: the channel's slot is not the stream's.
 _CLOSE = """
 if redis.call('HSETNX', KEYS[2], 'closed', '1') == 1 then redis.call('XADD', KEYS[1], '*', 'c', ARGV[1]) end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1
 """
 _MARK_READ = """
@@ -62,7 +64,7 @@ return now
 
 
 def chats_spec(prefix: str, partitions: int) -> StreamSpec:
-    return StreamSpec("chats", partitions, prefix, (CHAT_PUSHER,))
+    return StreamSpec("chats", partitions, prefix, (CHAT_PUSHER, CHAT_AGGREGATOR), held=(CHAT_AGGREGATOR,))
 
 
 def chat_channel(prefix: str, chat_id: uuid.UUID) -> str:
@@ -132,8 +134,12 @@ class RedisChatLog:
         return int(await _redis(self._redis.hget(self.state_key(chat_id), "seq")) or 0)
 
     async def close(self, chat_id: uuid.UUID) -> None:
+        channel, event = chat_channel(self._spec.prefix, chat_id), closed_event(chat_id)
+        sharded = await _redis(sharded_pubsub(self._redis))
         await _redis(self._close([self._base(chat_id), self.state_key(chat_id)],
-                                 [str(chat_id), chat_channel(self._spec.prefix, chat_id), closed_event(chat_id)]))
+                                 [str(chat_id), "" if sharded else channel, event]))
+        if sharded:
+            await _redis(self._redis.spublish(channel, event))
 
     async def mark_read(self, chat_id: uuid.UUID, user_id: uuid.UUID, seq: int) -> int:
         return int(await _redis(self._mark([self._read_key(chat_id)], [str(user_id), seq])))

@@ -93,6 +93,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from infra.simulator import ApiError, Options, simulate
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the summary
+    seconds = args.seconds if args.seconds is not None else args.minutes * 60
+    url = args.url or f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+    options = Options(url=url, users=args.users, seconds=seconds, rate=args.rate, seed=args.seed,
+                      drain_seconds=args.drain_seconds, metrics_urls=tuple(args.metrics_url))
+    try:
+        summary = asyncio.run(simulate(options))
+    except ApiError as exc:
+        hint = (" (every simulated person comes from this one address: start the server with"
+                " TRUSTED_PROXIES=127.0.0.1, as `make run` does, so that each counts as the address it forwards)"
+                if exc.code == "RATE_LIMITED" else "")
+        print(f"could not set up the simulated people: {exc.code}{hint}", file=sys.stderr)
+        return 2
+    print(summary.render())
+    return 0 if summary.ok else 1
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from infra.devstack import EmbeddedStack
 
@@ -113,6 +133,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
             env["PHOTO_CDN_URL"] = services.cdn_url
         env["NEWFRIENDS_SECRET_KEY"] = settings.secret_key
         env["NEWFRIENDS_DATA_DIR"] = str(settings.data_dir)
+        # A proxy on this machine (or `newfriends simulate`, which forwards an address per simulated
+        # person) may say whom it speaks for, as uvicorn allows by default; `serve` trusts only
+        # what TRUSTED_PROXIES names.
+        env.setdefault("TRUSTED_PROXIES", "127.0.0.1")
         return _supervise(settings, env)
 
 
@@ -178,6 +202,21 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--if-empty", action="store_true", help="only when the database has no users yet")
     demo.set_defaults(func=cmd_demo)
+    sim = sub.add_parser("simulate", help="drive a running service through its public API as many people at once")
+    sim.add_argument("--url", help="the service's base URL (default http://127.0.0.1:$PORT, else port 8000)")
+    sim.add_argument("--users", type=int, default=50)
+    length = sim.add_mutually_exclusive_group()
+    length.add_argument("--minutes", type=float, default=1.0)
+    length.add_argument("--seconds", type=float)
+    sim.add_argument("--rate", type=float, help="operations a second, everyone together (default: users / 2;"
+                     " never more than one a second per person)")
+    sim.add_argument("--drain-seconds", type=float, default=15.0,
+                     help="after the last operation, how long to keep waiting once nothing more arrives"
+                     " (at most 8 times that in all)")
+    sim.add_argument("--metrics-url", action="append", default=[],
+                     help="another Prometheus endpoint to read archive figures from (a worker's --metrics-port)")
+    sim.add_argument("--seed", type=int)
+    sim.set_defaults(func=cmd_simulate)
     sub.add_parser("dev", help="everything in one process group, with embedded services when no URLs are set"
                    ).set_defaults(func=cmd_dev)
     args = parser.parse_args(argv)

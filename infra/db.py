@@ -34,6 +34,11 @@ def migration_files() -> list[tuple[int, str, str]]:
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
             found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text()))
+    versions = [version for version, _, _ in found]
+    if len(set(versions)) != len(versions):
+        # Only one of two files with the same number would ever be applied, silently.
+        clash = sorted(name for version, name, _ in found if versions.count(version) > 1)
+        raise RuntimeError(f"migrations share a version number: {', '.join(clash)}")
     return sorted(found)
 
 

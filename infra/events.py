@@ -1,10 +1,11 @@
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 
 from broadcaster import Broadcast
+from redis.exceptions import RedisError
 
 from domain.errors import Code, DomainError
 from domain.events import (
@@ -92,7 +93,12 @@ class UserChannels:
 
     @asynccontextmanager
     async def subscribe(self, user_id: uuid.UUID) -> AsyncIterator[AsyncIterator[UserEvent]]:
-        async with self._broadcast.subscribe(self.channel(user_id)) as subscriber:
+        async with AsyncExitStack() as stack:
+            try:
+                subscriber = await stack.enter_async_context(self._broadcast.subscribe(self.channel(user_id)))
+            except (RedisError, OSError):
+                # Redis away while subscribing: the same answer as losing it later, never "bad input".
+                raise DomainError(Code.UNAVAILABLE, "Live events are unavailable just now; subscribe again") from None
             yield self._events(subscriber)
 
     @staticmethod

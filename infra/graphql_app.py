@@ -66,6 +66,17 @@ def _contains_surrogate(value: Any) -> bool:
     return False
 
 
+def _retry_after(result: ExecutionResult) -> int | None:
+    """The seconds to wait when rate limits refused the whole operation, else None."""
+    if result.data is not None or not result.errors:
+        return None
+    waits = [(e.extensions or {}).get("retryAfterSeconds") for e in result.errors
+             if (e.extensions or {}).get("code") == Code.RATE_LIMITED.value]
+    if len(waits) != len(result.errors) or not all(isinstance(w, int) for w in waits):
+        return None
+    return max(int(w) for w in waits if w is not None)
+
+
 def _wants_graphql_response(request: Request) -> bool:
     return GRAPHQL_RESPONSE in request.headers.get("accept", "")
 
@@ -104,6 +115,16 @@ def _malformed(message: object) -> str | None:
     return None
 
 
+def _with_codes(payload: object) -> object:
+    # Errors strawberry's protocol handlers make themselves (the subscription cap) skip the schema's
+    # error extensions, and so come without the code every error carries.
+    def coded(error: object) -> object:
+        if isinstance(error, dict) and not (error.get("extensions") or {}).get("code"):
+            return {**error, "extensions": {**(error.get("extensions") or {}), "code": Code.BAD_REQUEST.value}}
+        return error
+    return [coded(e) for e in payload] if isinstance(payload, list) else coded(payload)
+
+
 class _Socket(ASGIWebSocketAdapter):
     async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
         async for message in super().iter_json(ignore_parsing_errors=ignore_parsing_errors):
@@ -118,6 +139,8 @@ class _Socket(ASGIWebSocketAdapter):
     async def send_json(self, message: Mapping[str, object]) -> None:
         if self.ws.application_state == WebSocketState.DISCONNECTED:
             raise WebSocketDisconnected()
+        if message.get("type") == "error":
+            message = {**message, "payload": _with_codes(message.get("payload"))}
         await super().send_json(message)
 
     async def close(self, code: int, reason: str) -> None:
@@ -233,6 +256,11 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         data = await super().process_result(request, result)
+        wait = _retry_after(result)
+        if wait is None:
+            request.state.answered = True
+        else:
+            request.state.retry_after = max(getattr(request.state, "retry_after", 0), wait)
         if _wants_graphql_response(request):
             request.state.graphql_response = True
             # A request error (nothing executed) carries no data entry and a 400 under this media type.
@@ -245,6 +273,10 @@ class GraphQLApp(GraphQL[Context, None]):
         response = await super().run(request, context, root_value)
         if isinstance(request, Request) and getattr(request.state, "graphql_response", False):
             response.headers["content-type"] = GRAPHQL_RESPONSE
+        # Only when nothing of the request ran: a batch with one answer in it is not to be retried.
+        wait: int = getattr(request.state, "retry_after", 0) if isinstance(request, Request) else 0
+        if wait and not getattr(request.state, "answered", False):
+            response.headers["retry-after"] = str(wait)
         return response
 
     async def pick_websocket_subprotocol(self, request: WebSocket) -> str | None:

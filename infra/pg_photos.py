@@ -148,7 +148,9 @@ async def finish(pool: asyncpg.Pool, job: Job, rejection: Rejection | None,
             job.user_id, job.photo_id, job.attempt, state.value, None if rejection is None else rejection.value,
             stored, now)
         if done:
-            await queue_garbage(conn, [upload_key(job.user_id, job.photo_id)])
+            # A refusal also sweeps whatever public sizes an earlier, crashed attempt wrote.
+            await queue_garbage(conn, [upload_key(job.user_id, job.photo_id)] if rejection is None
+                                else object_keys(job.user_id, job.photo_id, job.token))
             return True
         if not await conn.fetchval("SELECT 1 FROM photos WHERE user_id = $1 AND id = $2", job.user_id, job.photo_id):
             # Deleted while we worked: what we just wrote must go too.

@@ -5,7 +5,9 @@ from datetime import datetime
 import asyncpg
 
 from domain.ids import new_id
+from domain.model import User
 from domain.swipes import Direction, Match, Swipe
+from infra.pg_users import _USER_COLUMNS, _user
 from infra.swipe_queue import DIRECTION, SUPER, TARGET, USER
 
 
@@ -42,12 +44,21 @@ class PgRelations:
                                           user_id, other_id)
         return bool(found)
 
-    async def blocked_among(self, user_id: uuid.UUID, others: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    async def page_people(self, user_id: uuid.UUID, others: Sequence[uuid.UUID]
+                          ) -> tuple[set[uuid.UUID], set[uuid.UUID], dict[uuid.UUID, User]]:
         if not others:
-            return set()
-        rows = await self._pool.fetch("SELECT other_id FROM blocks WHERE user_id = $1 AND other_id = ANY($2::uuid[])",
-                                      user_id, list(others))
-        return {r["other_id"] for r in rows}
+            return set(), set(), {}
+        # One statement for the profiles and the viewer's own rows about them (both tables are keyed
+        # by the viewer: one partition each): a page of people nearby waits on a single round trip.
+        rows = await self._pool.fetch(
+            f"SELECT {_USER_COLUMNS},"
+            " EXISTS (SELECT FROM swipes AS s WHERE s.user_id = $1 AND s.target_id = u.id) AS swiped_,"
+            " EXISTS (SELECT FROM blocks AS b WHERE b.user_id = $1 AND b.other_id = u.id) AS blocked_"
+            " FROM users AS u WHERE u.id = ANY($2::uuid[]) AND u.deleted_at IS NULL",
+            user_id, list(others),
+        )
+        return ({r["id"] for r in rows if r["swiped_"]}, {r["id"] for r in rows if r["blocked_"]},
+                {r["id"]: _user(r) for r in rows})
 
     async def matched(self, user_id: uuid.UUID, other_id: uuid.UUID) -> bool:
         low, high = pair(user_id, other_id)

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from domain.errors import Code, DomainError
 from domain.presence import Sighting
+from infra.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,7 @@ class RedisPresence:
         try:
             yield
         finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
             # A clean shutdown frees its people at once rather than after ONLINE_SECONDS.
             self._left.update(self._live)
             self._live.clear()

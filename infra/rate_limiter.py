@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from domain.ratelimits import Check, estimate, retry_after
+from infra.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,7 @@ class RedisRateLimiter:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         with contextlib.suppress(RedisError, OSError):
             await self.flush()  # what was counted here still counts for the others
 

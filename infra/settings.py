@@ -63,6 +63,14 @@ class Settings:
     # whose single consumer keeps it in order. The same value on every process.
     chat_partitions: int = 100
     chat_recent_messages: int = 1000  # per chat, in Redis; older ones come from the archive
+    # The aggregator's windows (one S3 object per partition per window) and its local log: an empty
+    # directory means <data_dir>/chat-wal. Past wal_max_mb of records not archived yet (S3 away) it
+    # stops taking entries, which then wait in the chat stream.
+    archive_window_seconds: float = 600.0
+    archive_wal_dir: str = ""
+    archive_wal_max_mb: int = 512
+    # An ended chat's archive is erased at once, or after this many days when it was reported.
+    archive_report_hold_days: float = 90.0
     likes_per_day: int = 100
     super_likes_per_day: int = 1
     undo_window_seconds: int = 300
@@ -81,6 +89,9 @@ class Settings:
     photo_cdn_url: str = ""
     photo_upload_seconds: int = 300  # how long a presigned upload stays valid
     photo_uploads_per_hour: int = 30
+    # How long a photo worker holds a photo before another may take it: longer than the slowest
+    # photo takes (a dead worker's photos wait that long).
+    photo_lease_seconds: float = 120.0
     rate_limit_scale: float = 1.0  # multiplies every rate limit (domain/ratelimits.py); 0 turns them off
 
     @property
@@ -120,6 +131,10 @@ class Settings:
             swipe_partitions=_int("SWIPE_PARTITIONS", 16),
             chat_partitions=_int("CHAT_PARTITIONS", 100),
             chat_recent_messages=_int("CHAT_RECENT_MESSAGES", 1000),
+            archive_window_seconds=_float("ARCHIVE_WINDOW_SECONDS", 600.0),
+            archive_wal_dir=os.environ.get("ARCHIVE_WAL_DIR", ""),
+            archive_wal_max_mb=_int("ARCHIVE_WAL_MAX_MB", 512),
+            archive_report_hold_days=_float("ARCHIVE_REPORT_HOLD_DAYS", 90.0),
             likes_per_day=_int("LIKES_PER_DAY", 100),
             super_likes_per_day=_int("SUPER_LIKES_PER_DAY", 1),
             undo_window_seconds=_int("UNDO_WINDOW_SECONDS", 300),
@@ -135,6 +150,7 @@ class Settings:
             photo_cdn_url=os.environ.get("PHOTO_CDN_URL", ""),
             photo_upload_seconds=_int("PHOTO_UPLOAD_SECONDS", 300),
             photo_uploads_per_hour=_int("PHOTO_UPLOADS_PER_HOUR", 30),
+            photo_lease_seconds=_float("PHOTO_LEASE_SECONDS", 120.0),
             rate_limit_scale=_float("RATE_LIMIT_SCALE", 1.0),
         )
         if settings.production and settings.rate_limit_scale <= 0:
@@ -147,8 +163,14 @@ class Settings:
             raise ConfigError("NEWFRIENDS_SECRET_KEY (at least 32 characters) is required in production")
         if settings.chat_partitions < 1 or settings.chat_recent_messages < 1:
             raise ConfigError("CHAT_PARTITIONS and CHAT_RECENT_MESSAGES must be positive")
+        if settings.archive_window_seconds <= 0 or settings.archive_wal_max_mb < 1:
+            raise ConfigError("ARCHIVE_WINDOW_SECONDS and ARCHIVE_WAL_MAX_MB must be positive")
+        if settings.archive_report_hold_days < 0:
+            raise ConfigError("ARCHIVE_REPORT_HOLD_DAYS must not be negative")
         if settings.stream_lease_seconds <= 0:
             raise ConfigError("STREAM_LEASE_SECONDS must be positive")
+        if settings.photo_lease_seconds <= 0:
+            raise ConfigError("PHOTO_LEASE_SECONDS must be positive")
         return settings
 
     def with_dev_secret(self) -> "Settings":

@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError, ResponseError
 
 from infra.metrics import REGISTRY
-from infra.redis_client import NotDurable
+from infra.redis_client import NotDurable, is_cluster, pinned, raw_reader
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,15 @@ class StreamSpec:
     partitions: int
     prefix: str
     groups: tuple[str, ...]
+    # Groups that acknowledge early but need entries kept longer: trimming stops at the id each one
+    # leaves in its hold key (none yet: nothing is trimmed).
+    held: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.partitions < 1 or not self.groups:
             raise ValueError("a stream needs at least one partition and one group")
+        if not set(self.held) <= set(self.groups):
+            raise ValueError("only a group of the stream can hold its entries")
         if "{" in self.name or "}" in self.name:
             raise ValueError("braces in a stream name would break its hash tags")
 
@@ -54,6 +59,9 @@ class StreamSpec:
 
     def fence_key(self, partition: int, group: str) -> str:
         return f"{self.key(partition)}:fence:{group}"
+
+    def hold_key(self, partition: int, group: str) -> str:
+        return f"{self.key(partition)}:hold:{group}"
 
     def members_key(self, group: str) -> str:
         return f"{self.prefix}{self.name}:members:{group}"
@@ -93,7 +101,7 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-def _next_id(entry_id: str) -> str:
+def next_id(entry_id: str) -> str:
     ms, seq = _id_key(entry_id)
     return f"{ms + 1}-0" if seq == _MAX_SEQ else f"{ms}-{seq + 1}"
 
@@ -107,7 +115,7 @@ async def append(
     if ack_replicas <= 0:
         return _text(await redis.xadd(key, values))
     # WAIT only covers writes made on its own connection: a pipeline sends both on one.
-    async with redis.pipeline(transaction=False) as pipe:
+    async with (await pinned(redis, key)).pipeline(transaction=False) as pipe:
         pipe.xadd(key, values)
         pipe.execute_command("WAIT", ack_replicas, ack_timeout_ms)
         entry_id, confirmed = await pipe.execute()
@@ -141,7 +149,12 @@ async def trim(redis: aioredis.Redis, spec: StreamSpec, partition: int) -> int:
             return 0
         oldest = (await redis.xpending(key, group))["min"] if info["pending"] else None
         # MINID keeps ids >= its argument: the oldest pending entry, or the first never delivered.
-        needed.append(_text(oldest) if oldest else _next_id(_text(info["last-delivered-id"])))
+        needed.append(_text(oldest) if oldest else next_id(_text(info["last-delivered-id"])))
+    for group in spec.held:
+        hold = await redis.get(spec.hold_key(partition, group))
+        if hold is None:
+            return 0
+        needed.append(_text(hold))
     return int(await redis.xtrim(key, minid=min(needed, key=_id_key), approximate=False))
 
 
@@ -167,10 +180,6 @@ def _swallow(task: "asyncio.Future[Any]") -> None:
     # An abandoned read that failed anyway: nothing to report.
     if not task.cancelled():
         task.exception()
-
-
-def _unparsed(reply: Any, **_: Any) -> Any:
-    return reply
 
 
 def _pairs(fields: list[bytes] | None) -> dict[bytes, bytes]:
@@ -282,10 +291,8 @@ class PartitionedConsumer(Generic[T]):
         # Reads go through a client of our own over the same connections that leaves XREADGROUP's
         # replies as hiredis parsed them: redis-py's reshaping (a dict and two tuples per entry) cost
         # the swipe writer more than checking the entries did.
-        self._reader = aioredis.Redis(connection_pool=redis.connection_pool)
-        self._reader.set_response_callback("XREADGROUP", _unparsed)  # type: ignore[arg-type]
+        self._reader = raw_reader(redis, "XREADGROUP")
         self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._ack = redis.register_script(_ACK)
@@ -300,6 +307,11 @@ class PartitionedConsumer(Generic[T]):
     @property
     def owned(self) -> set[int]:
         return set(self._leases)
+
+    @property
+    def fences(self) -> dict[int, int]:
+        """The fence of each partition held and not being left."""
+        return {p: lease.fence for p, lease in self._leases.items() if not lease.leave.is_set()}
 
     async def run(self, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
         stop = stop or asyncio.Event()
@@ -353,8 +365,8 @@ class PartitionedConsumer(Generic[T]):
         sent = time.monotonic()
         async with self._redis.pipeline(transaction=False) as pipe:
             for lease in leases:
-                await self._renew([self._spec.lease_key(lease.partition, self._group)], [self._id, self._lease_ms],
-                                  client=pipe)
+                # EVAL, not the registered script: a cluster pipeline does not load scripts first.
+                pipe.eval(_RENEW, 1, self._spec.lease_key(lease.partition, self._group), self._id, self._lease_ms)
             results = await pipe.execute()
         for lease, renewed in zip(leases, results, strict=True):
             if renewed:
@@ -588,6 +600,8 @@ class PartitionedConsumer(Generic[T]):
         self._lag_gauge.dec(self._reported[0])
         self._pending_gauge.dec(self._reported[1])
         self._reported = (0, 0)
+        if is_cluster(self._reader):  # its own connections (reopened if run again); on one node, shared
+            await self._reader.aclose()
 
     async def _trim_all(self, partitions: Iterable[int]) -> None:
         await asyncio.gather(*(trim(self._redis, self._spec, partition) for partition in partitions))

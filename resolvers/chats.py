@@ -3,7 +3,7 @@ from collections.abc import AsyncGenerator
 
 import strawberry
 
-from domain import chat
+from domain import archive, chat
 from domain.chat import ChatClosed, ChatEvent, MessageSent, ReadReceipt, Typing
 from domain.cursors import decode_cursor, encode_cursor, page_size
 from domain.errors import Code, DomainError, InputError
@@ -74,8 +74,8 @@ async def messages(info: Info, chat_id: strawberry.ID, first: int | None = None,
     size = page_size(last if newest else first)
     kind = f"messages:{chat_id}:{principal.user_id}"  # for this chat and this viewer only
     after_seq, before_seq = _seq_of(info, kind, after, "after"), _seq_of(info, kind, before, "before")
-    member, found, more = await chat.history(ports.chats, principal.user_id, chat_id, after_seq, before_seq, size,
-                                             newest)
+    member, found, more = await archive.history(ports.chats, ports.archive, principal.user_id, chat_id, after_seq,
+                                                before_seq, size, newest)
     edges = [MessageEdgeGQL(cursor=encode_cursor(ports.cursor_key, kind, [m.seq]),
                             node=MessageGQL.from_domain(m, member.user_id)) for m in found]
     page = MessagePageInfoGQL(

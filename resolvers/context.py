@@ -10,6 +10,7 @@ from strawberry.dataloader import DataLoader
 from strawberry.types import Info as _Info
 
 from domain.accounts import AuthDeps, authenticate
+from domain.archive import ChatArchive
 from domain.chat import ChatDeps, Message
 from domain.errors import DomainError, Unauthenticated
 from domain.events import UserEvent
@@ -51,6 +52,7 @@ class Ports:
     presence: PresenceBoard
     clock: Callable[[], datetime] = utcnow
     rate_limiter: RateLimiter | None = None  # read by schema.ratelimit before any resolver
+    archive: ChatArchive | None = None  # chat history older than the recent store
 
     @property
     def auth(self) -> AuthDeps:

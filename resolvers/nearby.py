@@ -6,9 +6,8 @@ from domain.errors import DomainError
 from domain.geo import band_label, cell_size_km
 from domain.locations import Whereabouts
 from domain.nearby import Filter, nearby
-from domain.tags import BY_SLUG
 from resolvers.context import Info
-from schema.accounts import InterestTagGQL, PersonGQL
+from schema.accounts import CATALOGUE_GQL, PersonGQL
 from schema.errors import error_member
 from schema.nearby import (
     BANDS,
@@ -21,9 +20,6 @@ from schema.nearby import (
     WhyShownGQL,
 )
 from schema.swipes import PageInfoGQL
-
-# The catalogue is fixed while a process runs: one GraphQL object per tag, shared by every card.
-_TAGS = {slug: InterestTagGQL.from_domain(tag) for slug, tag in BY_SLUG.items()}
 
 
 def _my_location(where: Whereabouts, now: datetime, info: Info) -> MyLocationGQL | None:
@@ -73,7 +69,7 @@ async def nearby_candidates(info: Info, first: int | None = 20, after: str | Non
         CandidateEdgeGQL(cursor=c.cursor, node=CandidateGQL(
             person=PersonGQL.from_domain(c.person, today),
             why_shown=WhyShownGQL(
-                shared_tags=[_TAGS[t] for t in c.why.shared_tags if t in _TAGS],
+                shared_tags=[CATALOGUE_GQL[t] for t in c.why.shared_tags if t in CATALOGUE_GQL],
                 distance=BANDS[c.why.band], distance_label=band_label(c.why.band),
                 active_recently=c.why.active_recently and c.person.show_activity, super_liked_you=c.why.super_like,
             ),

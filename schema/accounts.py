@@ -28,8 +28,12 @@ class InterestTagGQL:
         return cls(slug=tag.slug, label=tag.label, category=tag.category)
 
 
+# The catalogue is fixed while a process runs: one GraphQL object per tag, shared by every profile.
+CATALOGUE_GQL = {slug: InterestTagGQL.from_domain(tag) for slug, tag in BY_SLUG.items()}
+
+
 def _tags(slugs: tuple[str, ...]) -> list[InterestTagGQL]:
-    return [InterestTagGQL.from_domain(BY_SLUG[s]) for s in slugs if s in BY_SLUG]
+    return [CATALOGUE_GQL[s] for s in slugs if s in CATALOGUE_GQL]
 
 
 @strawberry.type(name="DiscoverySettings")

@@ -8,6 +8,7 @@ from infra.app import Runtime, open_runtime
 from infra.db import migrate
 from infra.settings import Settings
 from tests.private_redis import PrivateRedis
+from tests.redis_cluster import local_cluster
 from tests.services import TestServices, test_services
 
 
@@ -55,6 +56,13 @@ async def migrated(settings: Settings) -> None:
 async def runtime(settings: Settings, migrated: None) -> AsyncIterator[Runtime]:
     async with open_runtime(settings) as opened:
         yield opened
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a local 3-primary Redis Cluster, started on first use and stopped after the run."""
+    with local_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
 
 
 @pytest.fixture

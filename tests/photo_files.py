@@ -72,3 +72,31 @@ def truncated_jpeg() -> bytes:
 
 
 TEXT_AS_JPEG = b"This is not a picture, whatever its name says.\n" * 20
+
+
+def jpeg_segments(data: bytes) -> list[int]:
+    """The markers of a JPEG's header segments, in order, up to the start of the scan: where EXIF
+    (APP1), XMP (APP1), IPTC (APP13) and comments (COM) would sit, whatever a decoder makes of them."""
+    assert data[:2] == b"\xff\xd8", "not a JPEG"
+    found, at = [], 2
+    while at < len(data):
+        assert data[at] == 0xFF, f"no marker at {at}"
+        marker = data[at + 1]
+        found.append(marker)
+        if marker == 0xDA:  # start of scan: entropy-coded data follows, no more metadata before it
+            return found
+        at += 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+    raise AssertionError("no scan")
+
+
+# What a stripped JPEG may carry before its pixels: JFIF (APP0), the ICC profile (APP2), Adobe's colour
+# transform (APP14) and the coding tables. APP1 (EXIF, XMP), APP13 (IPTC) and COM (comments) may not.
+ALLOWED_SEGMENTS = {0xE0, 0xE2, 0xEE, 0xDB, 0xC0, 0xC1, 0xC2, 0xC4, 0xDD, 0xDA}
+# Words that phone_jpeg and phone_heic hide in their metadata.
+SECRETS = (b"Exif\0\0", b"xmpmeta", b"PhoneMaker", b"taken at home", b"secret place")
+
+
+def metadata_left(jpeg: bytes) -> set[str]:
+    """What of a source's metadata a stored JPEG still carries: empty when it is stripped."""
+    left = {f"segment {marker:#x}" for marker in jpeg_segments(jpeg) if marker not in ALLOWED_SEGMENTS}
+    return left | {word.decode() for word in SECRETS if word in jpeg}

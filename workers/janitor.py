@@ -1,10 +1,11 @@
 import asyncio
 import logging
 import signal
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from infra.archive_keys import PgArchiveKeys, Sealer
 from infra.db import open_pool
 from infra.settings import Settings
 
@@ -37,10 +38,16 @@ async def main(settings: Settings, interval: float = 600.0) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with open_pool(settings.database_url, max_size=2) as pool:
+        keys = PgArchiveKeys(pool, Sealer.from_secret(settings.secret_key))
         while not stop.is_set():
             purged = await purge_sessions(pool)
             if purged:
                 log.info("purged %d ended sessions", purged)
+            # Reported chats kept for moderation: their archive goes once the hold is over.
+            await keys.schedule_missed(timedelta(days=settings.archive_report_hold_days))
+            erased = await keys.erase_due(datetime.now(UTC))
+            if erased:
+                log.info("erased the archive of %d ended chats", erased)
             try:
                 await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:

@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 DONE = Counter("photos_processed", "Photos processed, by outcome", ["outcome"], registry=REGISTRY)
 # Each photo in flight may hold a decoded 50-megapixel image (~200 MB): a small batch bounds memory.
 BATCH = 2
-LEASE = timedelta(minutes=2)
 MAX_ATTEMPTS = 3
 KEEP_REJECTED = timedelta(days=7)
 IDLE_POLL = 1.0
@@ -36,14 +35,15 @@ class PhotoWorker:
     """Turns confirmed uploads into public renditions, or rejects them; deletes objects no row needs."""
 
     def __init__(self, pool: asyncpg.Pool, store: S3Photos, events: EventPublisher, *,
-                 sweep_every: float = 60.0) -> None:
+                 lease: timedelta = timedelta(minutes=2), sweep_every: float = 60.0) -> None:
         self._pool = pool
         self._store = store
         self._events = events
+        self._lease = lease
         self._sweep_every = sweep_every
 
     async def process_batch(self) -> int:
-        jobs = await take_jobs(self._pool, BATCH, LEASE, datetime.now(UTC))
+        jobs = await take_jobs(self._pool, BATCH, self._lease, datetime.now(UTC))
         outcomes = await asyncio.gather(*(self._handle(job) for job in jobs), return_exceptions=True)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, BaseException):
@@ -131,4 +131,5 @@ async def main(settings: Settings) -> None:
     await store.ensure_bucket()
     async with open_pool(settings.database_url, max_size=2 + BATCH) as pool, \
             make_broadcast(settings.redis_url) as bus:
-        await PhotoWorker(pool, store, UserChannels(bus, settings.redis_prefix)).run(stop)
+        await PhotoWorker(pool, store, UserChannels(bus, settings.redis_prefix),
+                          lease=timedelta(seconds=settings.photo_lease_seconds)).run(stop)

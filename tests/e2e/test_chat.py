@@ -1,6 +1,7 @@
 """Chat end to end: real API processes (subscribe on one, send on the other), real workers, both
 WebSocket subprotocols."""
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,7 @@ from infra.settings import Settings
 from tests.e2e.chats import (
     CHAT_EVENTS,
     LEGACY_WS,
+    SEND,
     TRANSPORT_WS,
     matched_pair,
     open_socket,
@@ -141,24 +143,39 @@ async def test_strangers_cannot_tell_a_chat_exists(api_servers: list[str], worke
     ann, _, chat = await matched_pair(api)
     await send(api, ann, chat, "private")
     eve = await sign_up(api)
-    for guess in (chat, str(uuid.uuid4()), "not-an-id", ann.id):
-        answers = [
-            (await send(api, eve, guess, "hi"))["__typename"],
-            (await gql(api, MARK_READ, {"chat": guess, "seq": 1}, eve.access_token))["data"]["markRead"]["code"],
-            (await gql(api, TYPING, {"chat": guess}, eve.access_token))["data"]["setTyping"]["code"],
-            (await gql(api, MESSAGES, {"chat": guess}, eve.access_token))["errors"][0]["extensions"]["code"],
-        ]
-        assert answers == ["NotFoundError", "NOT_FOUND", "NOT_FOUND", "NOT_FOUND"], guess
+    operations: list[tuple[str, dict[str, Any], str]] = [
+        (SEND, {"cmid": "eve-1", "text": "hi"}, "sendMessage"), (MARK_READ, {"seq": 1}, "markRead"),
+        (TYPING, {}, "setTyping"), (MESSAGES, {}, "messages")]
+    unknown = str(uuid.uuid4())
+    answers: dict[str, list[str]] = {}
+    for guess in (chat, unknown, "not-an-id", ann.id):
+        # Whole answers, each with the guessed id blanked out: any difference would tell.
+        seen: list[str] = []
+        codes = []
+        for document, extra, name in operations:
+            answer = await gql(api, document, {"chat": guess, **extra}, eve.access_token)
+            seen.append(json.dumps(answer, sort_keys=True).replace(guess, "<id>"))
+            field = (answer.get("data") or {}).get(name)
+            codes.append(field["code"] if field else answer["errors"][0]["extensions"]["code"])
+        assert codes == ["NOT_FOUND"] * 4, (guess, seen)
         for protocol in (LEGACY_WS, TRANSPORT_WS):
             async with open_socket(api_servers[1], eve.access_token, protocol) as socket:
                 await socket.start("s", CHAT_EVENTS, {"chat": guess, "after": 0})
                 frame = await socket.frame("s")
                 errors = frame["payload"] if frame["type"] == "error" else frame["payload"]["errors"]
                 assert [e["extensions"]["code"] for e in errors] == ["NOT_FOUND"], (guess, protocol, frame)
+                seen.append(json.dumps(frame, sort_keys=True).replace(guess, "<id>"))
                 if protocol == TRANSPORT_WS:  # queries and mutations run over this one too
-                    await socket.start("q", MESSAGES, {"chat": guess})
-                    payload = await socket.result("q")
-                    assert payload["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+                    for op_id, (document, extra, _) in enumerate(operations):
+                        await socket.start(str(op_id), document, {"chat": guess, **extra})
+                        payload = await socket.result(str(op_id))
+                        seen.append(json.dumps(payload, sort_keys=True).replace(guess, "<id>"))
+        answers[guess] = seen
+    # Ann's chat answers a stranger exactly as an id that never existed does.
+    assert answers[chat] == answers[unknown]
+    # And nothing Eve tried reached the chat.
+    page = (await gql(api, MESSAGES, {"chat": chat}, ann.access_token))["data"]["messages"]
+    assert [e["node"]["text"] for e in page["edges"]] == ["private"]
 
 
 async def test_receipts_typing_and_badges_reach_the_other_side(api_servers: list[str], workers: None) -> None:

@@ -71,6 +71,13 @@ async def test_sign_ups_per_address_count_across_processes(two_servers: list[str
     assert refused["data"] is None
     error = refused["errors"][0]
     assert error["extensions"]["code"] == "RATE_LIMITED" and 1 <= error["extensions"]["retryAfterSeconds"] <= 3600
+    # Over HTTP the wait is also a Retry-After header, when nothing of the request was answered.
+    refused_alone = {"query": SIGN_UP, "variables": {"input": new_account()}}
+    async with httpx.AsyncClient(timeout=30, headers={"x-forwarded-for": ip}) as client:
+        alone = await client.post(f"{first}/graphql", json=refused_alone)
+        beside_an_answer = await client.post(f"{first}/graphql", json=[refused_alone, {"query": "{ __typename }"}])
+    assert alone.headers["retry-after"] == str(alone.json()["errors"][0]["extensions"]["retryAfterSeconds"])
+    assert beside_an_answer.json()[1]["data"] and "retry-after" not in beside_an_answer.headers
     # Someone else, somewhere else, is not affected.
     assert (await post(first, SIGN_UP, {"input": new_account()}, ip=address()))["data"]["signUp"]["__typename"] \
         == "AuthPayload"

@@ -2,17 +2,19 @@ import asyncio
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
 from broadcaster import Broadcast
 from broadcaster._base import Subscriber
 from redis import asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from infra.broadcast import BroadcastConnectionLost, make_broadcast
+from infra.redis_client import is_cluster_url, node_url
 from tests.private_redis import PrivateRedis
 from tests.services import TestServices
 
@@ -37,11 +39,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 @pytest.fixture
 def prefix() -> str:
     return f"nft-{secrets.token_hex(4)}:"
-
-
-@pytest.fixture
-def redis_url(services: TestServices) -> str:
-    return services.redis_url
 
 
 @pytest.fixture
@@ -80,11 +77,11 @@ async def test_events_cross_processes_in_order(broadcast: Broadcast, prefix: str
             await process.wait()
 
 
-async def test_upstream_redis_backend_still_loses_events(prefix: str, redis_url: str) -> None:
+async def test_upstream_redis_backend_still_loses_events(prefix: str, services: TestServices) -> None:
     # Guard: the day this fails, broadcaster's own RedisBackend delivers again and
     # infra/broadcast.py's backend may be retired.
     channel = prefix + "upstream"
-    async with Broadcast(redis_url) as upstream, upstream.subscribe(channel) as sub:
+    async with Broadcast(services.redis_url) as upstream, upstream.subscribe(channel) as sub:
         await asyncio.sleep(0.2)
         await upstream.publish(channel, "hello")
         try:
@@ -98,23 +95,45 @@ async def test_many_subscribers_share_one_redis_subscription(
     broadcast: Broadcast, prefix: str, redis_url: str
 ) -> None:
     channel = prefix + "crowd"
-    async with redis.Redis.from_url(redis_url) as admin:
+    async with _admin(redis_url, channel) as subscriptions:
         async with broadcast.subscribe(channel) as last:
             async with AsyncExitStack() as stack:
                 # Concurrent first subscribers are the case upstream's bookkeeping gets wrong.
                 crowd = await asyncio.gather(
                     *(stack.enter_async_context(broadcast.subscribe(channel)) for _ in range(30))
                 )
-                assert await admin.pubsub_numsub(channel) == [(channel.encode(), 1)]
+                assert await subscriptions() == 1
                 await broadcast.publish(channel, "to all")
                 for sub in [*crowd, last]:
                     assert (await asyncio.wait_for(sub.get(), WAIT)).message == "to all"
 
-            assert await admin.pubsub_numsub(channel) == [(channel.encode(), 1)]
+            assert await subscriptions() == 1
             await broadcast.publish(channel, "to the last")
             assert (await asyncio.wait_for(last.get(), WAIT)).message == "to the last"
 
-        assert await admin.pubsub_numsub(channel) == [(channel.encode(), 0)]
+        assert await subscriptions() == 0
+
+
+@asynccontextmanager
+async def _admin(redis_url: str, channel: str) -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """Counts the subscriptions Redis itself holds for `channel`: on a cluster, sharded ones on the
+    node that owns its slot."""
+    if not is_cluster_url(redis_url):
+        async with redis.Redis.from_url(redis_url) as admin:
+            async def plain() -> int:
+                return int((await admin.pubsub_numsub(channel))[0][1])
+            yield plain
+        return
+    cluster = RedisCluster.from_url(node_url(redis_url))
+    try:
+        async def sharded() -> int:
+            node = cluster.get_node_from_key(channel)
+            reply = await cluster.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=node)
+            return int(reply[0][1])
+        await cluster.initialize()
+        yield sharded
+    finally:
+        await cluster.aclose()
 
 
 async def test_killed_redis_is_reported_then_recovered(private_redis: PrivateRedis, prefix: str) -> None:

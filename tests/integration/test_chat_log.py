@@ -35,8 +35,8 @@ class Everyone:
 
 
 @pytest.fixture
-async def redis(services: TestServices) -> AsyncIterator[aioredis.Redis]:
-    client = open_redis(services.redis_url)
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = open_redis(redis_url)
     yield client
     await client.aclose()
 
@@ -47,10 +47,10 @@ def prefix(services: TestServices) -> str:
 
 
 @pytest.fixture
-async def deps(runtime: Runtime, redis: aioredis.Redis, services: TestServices, prefix: str
+async def deps(runtime: Runtime, redis: aioredis.Redis, redis_url: str, prefix: str
                ) -> AsyncIterator[ChatDeps]:
     assert runtime.pool is not None
-    async with make_broadcast(services.redis_url) as broadcast:
+    async with make_broadcast(redis_url) as broadcast:
         yield ChatDeps(Everyone(), PgSequences(runtime.pool), RedisChatLog(redis, chats_spec(prefix, 4), recent=50),
                        RedisChatBus(broadcast, prefix))
 
@@ -96,13 +96,13 @@ async def test_closing_refuses_sends_and_is_idempotent(deps: ChatDeps) -> None:
 
 
 async def test_the_pusher_delivers_in_order_then_the_closing(deps: ChatDeps, runtime: Runtime,
-                                                              redis: aioredis.Redis, services: TestServices,
+                                                              redis: aioredis.Redis, redis_url: str,
                                                               prefix: str) -> None:
     assert runtime.pool is not None
     spec = chats_spec(prefix, 4)
     await ensure_groups(redis, spec)
     chat_id, ann = uuid.uuid4(), uuid.uuid4()
-    async with deps.bus.subscribe(chat_id) as live, make_broadcast(services.redis_url) as broadcast:
+    async with deps.bus.subscribe(chat_id) as live, make_broadcast(redis_url) as broadcast:
         sent = [await chat.send(deps, ann, str(chat_id), f"c{i}", f"m{i}", NOW) for i in range(20)]
         await deps.log.close(chat_id)
         consumer = PartitionedConsumer(redis, spec, CHAT_PUSHER, "test", decode_entry, ChatPusher(broadcast, prefix),

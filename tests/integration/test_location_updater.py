@@ -31,8 +31,8 @@ async def pool(runtime: Runtime) -> asyncpg.Pool:
 
 
 @pytest.fixture
-async def redis(services: TestServices) -> AsyncIterator[aioredis.Redis]:
-    client = open_redis(services.redis_url)
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = open_redis(redis_url)
     yield client
     await client.aclose()
 

@@ -1,5 +1,8 @@
 import asyncio
 import io
+import json
+import random
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -11,16 +14,28 @@ import httpx
 import pytest
 from PIL import Image
 
-from domain import photos
+from domain import accounts, locations, photos
+from domain.errors import Code, DomainError
 from domain.events import PhotoChanged, UserEvent
-from domain.photos import Photo, PhotoDeps, PhotoState, Rejection, public_key, upload_key
+from domain.photos import MAX_PHOTOS, Photo, PhotoDeps, PhotoState, Rejection, public_key, upload_key
 from infra.app import Runtime
 from infra.pg_photos import PgPhotos, finish, take_jobs
 from infra.photo_store import S3Photos, photo_store, s3_client
 from infra.settings import Settings
-from resolvers.context import Loaders, Ports
-from tests.factories import make_users
-from tests.photo_files import TEXT_AS_JPEG, phone_heic, phone_jpeg, png, png_claiming, srgb_icc, truncated_jpeg
+from resolvers.context import Context, Loaders, Ports
+from schema import build_schema
+from tests.factories import PASSWORD, make_users
+from tests.photo_files import (
+    TEXT_AS_JPEG,
+    metadata_left,
+    phone_heic,
+    phone_jpeg,
+    png,
+    png_claiming,
+    srgb_icc,
+    truncated_jpeg,
+)
+from workers.location_updater import LocationUpdater
 from workers.photos import PhotoWorker
 
 
@@ -87,11 +102,20 @@ async def test_the_presigned_upload_takes_only_what_it_was_signed_for(store: S3P
         assert s3.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read() == data
         anonymous = await client.get(f"{settings.s3_endpoint_url}/{settings.s3_bucket}/{key}")
         assert anonymous.status_code >= 400 and data not in anonymous.content
+        # Nor can anyone list the bucket for the keys (or the public tokens) it holds.
+        listing = await client.get(f"{settings.s3_endpoint_url}/{settings.s3_bucket}?list-type=2")
+        assert listing.status_code >= 400 and key not in listing.text
         short_url, short_headers = await store.presign_upload(upload_key(uuid.uuid4(), uuid.uuid4()), "image/jpeg",
                                                               len(data), timedelta(seconds=1))
         await asyncio.sleep(2.5)
         expired = await client.put(short_url, content=data, headers=dict(short_headers))
         assert expired.status_code in (400, 403), expired.text
+        # The signature names its key: it opens no other one.
+        other_key = upload_key(uuid.uuid4(), uuid.uuid4())
+        elsewhere = await client.put(url.replace(key, other_key), content=data, headers=dict(headers))
+        assert elsewhere.status_code == 403
+        assert not {short_url.split("?")[0].split(f"/{settings.s3_bucket}/")[1], other_key} & keys(
+            s3, settings.s3_bucket, "uploads/")
 
 
 @pytest.mark.parametrize(("make", "content_type"), [(phone_jpeg, "image/jpeg"), (phone_heic, "image/heic")],
@@ -113,11 +137,14 @@ async def test_a_phone_photo_is_stored_upright_without_exif_and_with_its_profile
     for key, size in ready.renditions:
         stored = s3.get_object(Bucket=settings.s3_bucket, Key=key)
         assert stored["ContentType"] == "image/jpeg"
-        image = Image.open(io.BytesIO(stored["Body"].read()))
+        body = stored["Body"].read()
+        assert metadata_left(body) == set()
+        image = Image.open(io.BytesIO(body))
         assert image.size == (size.width, size.height)
         assert dict(image.getexif()) == {} and not {"exif", "xmp", "comment"} & set(image.info)
         assert image.info["icc_profile"] == srgb_icc()
         assert image.getpixel((image.width // 2, 5))[0] > 150  # type: ignore[index]  # red on top: turned
+        assert image.getpixel((image.width // 2, image.height - 5))[2] > 150  # type: ignore[index]  # blue below
     assert upload_key(user_id, photo_id) not in keys(s3, settings.s3_bucket, "uploads/")
 
 
@@ -259,3 +286,71 @@ async def test_a_reorder_sticks_and_a_stale_one_is_refused(pool: asyncpg.Pool, p
     done = await photos.reorder(ports.photos, user_id, [str(i) for i in wanted], datetime.now(UTC))
     assert [p.id for p in done] == wanted == [p.id for p in await ports.photos.photos.own(user_id)]
     assert not await ports.photos.photos.reorder(user_id, wanted[:2], datetime.now(UTC))
+
+
+async def test_six_photos_at_most_even_when_asked_for_all_at_once(pool: asyncpg.Pool, ports: Ports) -> None:
+    [(user_id, _)] = await make_users(pool, 1)
+
+    async def ask() -> str:
+        try:
+            await photos.request_upload(ports.photos, user_id, "image/jpeg", 5000, datetime.now(UTC))
+        except DomainError as refused:
+            return refused.code.value
+        return "granted"
+
+    answers = await asyncio.gather(*(ask() for _ in range(MAX_PHOTOS + 3)))
+    assert sorted(answers) == sorted(["granted"] * MAX_PHOTOS + [Code.TOO_MANY_PHOTOS.value] * 3)
+
+
+async def ready_rows(pool: asyncpg.Pool, owners: list[uuid.UUID]) -> None:
+    """Two READY photos each, straight into PostgreSQL: what is counted here is reads."""
+    now = datetime.now(UTC)
+    rows = []
+    for owner in owners:
+        for position in (1, 2):
+            token = secrets.token_urlsafe(18)
+            rendition = json.dumps([[public_key(token, 1080), 1080, 810]])
+            rows.append((owner, uuid.uuid4(), position, token, rendition, now))
+    await pool.executemany(
+        "INSERT INTO photos (user_id, id, state, position, content_type, byte_size, token, renditions, created_at,"
+        " updated_at, upload_expires_at) VALUES ($1, $2, 'READY', $3, 'image/jpeg', 1000, $4, $5::jsonb, $6, $6, $6)",
+        rows)
+
+
+async def test_a_page_of_candidates_reads_photos_in_one_query_whatever_its_size(
+        runtime: Runtime, pool: asyncpg.Pool, ports: Ports, settings: Settings) -> None:
+    # Somewhere no other test places anyone.
+    lat, lon = random.uniform(-40, 40), random.uniform(-170, 170)
+    people = await make_users(pool, 31)
+    (viewer, viewer_email), others = people[0], [u for u, _ in people[1:]]
+    for user in (viewer, *others):
+        await locations.update_from_device(ports.places, user, lat, lon, 10, datetime.now(UTC))
+    await ready_rows(pool, others)
+    assert runtime.redis is not None
+    await LocationUpdater(pool, runtime.redis, settings.redis_prefix).run(asyncio.Event(), until_idle=True)
+    statements: list[str] = []
+
+    async def count(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda logged: statements.append(logged.query))
+
+    _, tokens = await accounts.log_in(ports.auth, viewer_email, PASSWORD, datetime.now(UTC))
+    schema = build_schema()
+    async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=4, init=count) as counted:
+        seen = replace(ports, photos=replace(ports.photos, photos=PgPhotos(counted)))
+        cards: list[str] = []
+        after = None
+        for first in (3, 25):
+            statements.clear()
+            page = await schema.execute(
+                "query($first: Int!, $after: String) { nearbyCandidates(first: $first, after: $after) {"
+                " edges { node { person { id photos { url } } } } pageInfo { endCursor } } }",
+                {"first": first, "after": after}, context_value=Context(seen, "127.0.0.1", "req", tokens.access_token))
+            assert page.errors is None and page.data is not None, page.errors
+            found = page.data["nearbyCandidates"]
+            ours = [e["node"]["person"] for e in found["edges"] if uuid.UUID(e["node"]["person"]["id"]) in others]
+            assert len(ours) == first and all(len(p["photos"]) == 2 for p in ours)
+            # Only the pool's own bookkeeping besides (type introspection, resets).
+            assert len([q for q in statements if "photos" in q]) == 1, statements
+            cards += [p["id"] for p in ours]
+            after = found["pageInfo"]["endCursor"]
+    assert len(set(cards)) == 28

@@ -22,8 +22,8 @@ class Clock:
 
 
 @pytest.fixture
-async def redis(services: TestServices) -> AsyncIterator[aioredis.Redis]:
-    client = open_redis(services.redis_url)
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = open_redis(redis_url)
     yield client
     await client.aclose()
 

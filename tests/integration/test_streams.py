@@ -104,8 +104,8 @@ async def pool(runtime: Runtime) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-async def redis(services: TestServices) -> AsyncIterator[aioredis.Redis]:
-    client = open_redis(services.redis_url)
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = open_redis(redis_url)
     yield client
     await client.aclose()
 
@@ -227,10 +227,10 @@ async def _count(pool: asyncpg.Pool, group: str, expected: int) -> bool:
     return await pool.fetchval("SELECT count(*) FROM stream_applied WHERE group_name = $1", group) == expected
 
 
-async def _spawn(services: TestServices, spec: StreamSpec, consumer: str, delay: float, batch: int
-                 ) -> asyncio.subprocess.Process:
+async def _spawn(services: TestServices, redis_url: str, spec: StreamSpec, consumer: str, delay: float,
+                 batch: int) -> asyncio.subprocess.Process:
     args = {"name": spec.name, "partitions": spec.partitions, "prefix": spec.prefix, "group": spec.groups[0],
-            "consumer": consumer, "redis_url": services.redis_url, "database_url": services.database_url,
+            "consumer": consumer, "redis_url": redis_url, "database_url": services.database_url,
             "lease": SHORT_LEASE, "delay": delay, "batch": batch}
     return await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD, json.dumps(args), cwd=ROOT)
 
@@ -243,12 +243,12 @@ async def _reap(*processes: asyncio.subprocess.Process) -> None:
 
 
 async def test_two_consumer_processes_split_and_stop_cleanly(
-    redis: aioredis.Redis, pool: asyncpg.Pool, services: TestServices
+    redis: aioredis.Redis, pool: asyncpg.Pool, services: TestServices, redis_url: str
 ) -> None:
     spec = new_spec(services, 8)
     group = spec.groups[0]
     await ensure_groups(redis, spec)
-    processes = [await _spawn(services, spec, name, 0.0, 10) for name in ("p1", "p2")]
+    processes = [await _spawn(services, redis_url, spec, name, 0.0, 10) for name in ("p1", "p2")]
     try:
         async def split() -> bool:
             holders = await lease_holders(redis, spec, group)
@@ -270,12 +270,12 @@ async def test_two_consumer_processes_split_and_stop_cleanly(
 
 
 async def test_survivor_takes_over_a_killed_consumer(
-    redis: aioredis.Redis, pool: asyncpg.Pool, services: TestServices
+    redis: aioredis.Redis, pool: asyncpg.Pool, services: TestServices, redis_url: str
 ) -> None:
     spec = new_spec(services, 8)
     group = spec.groups[0]
     await ensure_groups(redis, spec)
-    victim, survivor = [await _spawn(services, spec, name, 0.05, 10) for name in ("victim", "survivor")]
+    victim, survivor = [await _spawn(services, redis_url, spec, name, 0.05, 10) for name in ("victim", "survivor")]
     try:
         async def split() -> bool:
             holders = await lease_holders(redis, spec, group)

@@ -1,6 +1,6 @@
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -49,11 +49,13 @@ class FakeMembers:
 class FakeSequences:
     def __init__(self) -> None:
         self.reserved: dict[uuid.UUID, int] = {}
+        self.lock = asyncio.Lock()  # the database's per-chat lock, for every chat at once
 
-    async def reserve(self, chat_id: uuid.UUID, count: int) -> int:
+    async def reserve(self, chat_id: uuid.UUID, count: int, apply: Callable[[int, int], Awaitable[None]]) -> None:
         await asyncio.sleep(0)  # another sender may run meanwhile, as with a real database
-        self.reserved[chat_id] = self.reserved.get(chat_id, 0) + count
-        return self.reserved[chat_id]
+        async with self.lock:
+            self.reserved[chat_id] = self.reserved.get(chat_id, 0) + count
+            await apply(self.reserved[chat_id] - count, self.reserved[chat_id])
 
 
 class FakeLog:

@@ -1,11 +1,16 @@
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import pytest
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 from broadcaster import Broadcast
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from domain.errors import Code, DomainError
 from domain.events import MatchCreated, MatchEnded, UserEvent
 from infra.events import UserChannels, decode, encode
 
@@ -50,3 +55,17 @@ async def test_publish_many_sends_what_publish_would_in_order() -> None:
     assert fallback.sent == each.sent
     assert together.sent == [("many", json.dumps(each.sent))]
     assert [channel for channel, _ in each.sent] == [f"p:{{u:{e.user_id}}}:events" for e in events]
+
+
+class RedisAway:
+    @asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[None]:
+        raise RedisConnectionError("Redis pub/sub connection is down, reconnecting")
+        yield
+
+
+async def test_redis_away_while_subscribing_answers_unavailable_not_bad_input() -> None:
+    with pytest.raises(DomainError) as raised:
+        async with UserChannels(cast(Broadcast, RedisAway()), "p:").subscribe(uuid.uuid4()):
+            pass
+    assert raised.value.code is Code.UNAVAILABLE

@@ -49,18 +49,14 @@ class World:
     async def pending(self, user_id: uuid.UUID, targets: list[uuid.UUID]) -> dict[uuid.UUID, Swipe | None]:
         return {t: self.queued[t] for t in targets if t in self.queued}
 
-    async def swipes(self, user_id: uuid.UUID, targets: list[uuid.UUID]) -> dict[uuid.UUID, Swipe]:
-        return {t: self.written[t] for t in targets if t in self.written}
-
-    async def blocked_among(self, user_id: uuid.UUID, others: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        return self.blocked & set(others)
-
-    async def get_many(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, User]:
-        return {i: self.people[i] for i in ids if i in self.people}
+    async def page_people(self, user_id: uuid.UUID, others: Sequence[uuid.UUID]
+                          ) -> tuple[set[uuid.UUID], set[uuid.UUID], dict[uuid.UUID, User]]:
+        return (set(self.written) & set(others), self.blocked & set(others),
+                {i: self.people[i] for i in others if i in self.people})
 
     def deps(self) -> NearbyDeps:
         swipes: Any = type("SwipePorts", (), {"queue": self, "relations": self, "users": self})()
-        return cast(NearbyDeps, type("Ports", (), {"swipes": swipes, "lists": self, "blocks": self,
+        return cast(NearbyDeps, type("Ports", (), {"swipes": swipes, "lists": self, "exclusions": self,
                                                     "cursor_key": b"k" * 32})())
 
 

@@ -4,7 +4,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from PIL import Image, ImageCms
+from PIL import ExifTags, Image, ImageCms
+from PIL.PngImagePlugin import PngInfo
 
 from domain import photos
 from domain.errors import Code, DomainError, InputError, LimitReached, NotFound
@@ -22,12 +23,16 @@ from domain.photos import (
     output_sizes,
     reordered,
 )
+from domain.ratelimits import RULES, checks
 from infra.images import process
 from infra.photo_store import S3Photos, cdn_base_url
 from tests.photo_files import (
     BLUE,
+    GPS,
     RED,
     TEXT_AS_JPEG,
+    halves,
+    metadata_left,
     phone_heic,
     phone_jpeg,
     png,
@@ -232,6 +237,7 @@ def test_a_phone_photo_comes_out_upright_with_its_profile_and_nothing_else(origi
         assert not {"xmp", "comment"} & set(out.info)
         assert b"Exif\0\0" not in rendition.jpeg and b"xmpmeta" not in rendition.jpeg
         assert b"PhoneMaker" not in rendition.jpeg and b"taken at home" not in rendition.jpeg
+        assert metadata_left(rendition.jpeg) == set()
         assert out.info["icc_profile"] == srgb_icc()
         # Turned clockwise: what was on the left is now on top.
         top, bottom = out.getpixel((out.width // 2, 5)), out.getpixel((out.width // 2, out.height - 5))
@@ -273,3 +279,77 @@ def test_public_urls_start_with_the_configured_cdn() -> None:
     assert store.public_url("photos/t/1080.jpg") == "https://cdn.example/photos/t/1080.jpg"
     assert cdn_base_url("", "http://127.0.0.1:9000/", "nf", "eu-west-1") == "http://127.0.0.1:9000/nf"
     assert cdn_base_url("", "", "nf", "eu-west-1") == "https://nf.s3.eu-west-1.amazonaws.com"
+
+
+def test_one_photo_takes_one_upload_from_the_gateway_limits() -> None:
+    # Request and confirm of one photo: only the request counts as an upload, so the gateway lets
+    # through at least the uploads an hour that the photo rules grant.
+    taken = checks(["requestPhotoUpload", "confirmPhotoUpload"], "ann", "192.0.2.1", 1.0)
+    assert [(c.key, c.cost) for c in taken if c.key.startswith("upload:")] == [
+        ("upload:u:ann", 1), ("upload:ip:192.0.2.1", 1)]
+    per_user = RULES["upload"].per_user
+    assert per_user is not None and per_user.seconds == 3600 and per_user.count >= PhotoLimits().uploads_per_hour
+
+
+GREEN, WHITE = (20, 200, 20), (250, 250, 250)
+# How a camera stores an upright picture under each EXIF orientation: the inverse of the turn that
+# orientation asks a viewer for (6: turn clockwise to view, so stored turned counter-clockwise).
+STORED_AS = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
+             7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+
+
+def quadrants(width: int, height: int) -> Image.Image:
+    image = Image.new("RGB", (width, height), RED)
+    image.paste(BLUE, (width // 2, 0, width, height // 2))
+    image.paste(GREEN, (0, height // 2, width // 2, height))
+    image.paste(WHITE, (width // 2, height // 2, width, height))
+    return image
+
+
+def close(pixel: object, colour: tuple[int, int, int]) -> bool:
+    assert isinstance(pixel, tuple)
+    return max(abs(a - b) for a, b in zip(pixel, colour, strict=True)) < 40
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_AS))
+def test_every_exif_orientation_comes_out_upright(orientation: int) -> None:
+    turn = STORED_AS[orientation]
+    upright = quadrants(800, 600)
+    stored = upright if turn is None else upright.transpose(turn)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    out = io.BytesIO()
+    stored.save(out, "JPEG", exif=exif.tobytes(), quality=95)
+    renditions = process(out.getvalue())
+    assert isinstance(renditions, list)
+    for rendition in renditions:
+        image = _decode(rendition.jpeg)
+        w, h = image.size
+        assert (w, h) == (rendition.size.width, rendition.size.height) and w > h
+        corners = [image.getpixel((w // 4, h // 4)), image.getpixel((3 * w // 4, h // 4)),
+                   image.getpixel((w // 4, 3 * h // 4)), image.getpixel((3 * w // 4, 3 * h // 4))]
+        assert all(close(p, c) for p, c in zip(corners, (RED, BLUE, GREEN, WHITE), strict=True)), corners
+        assert metadata_left(rendition.jpeg) == set()
+
+
+@pytest.mark.parametrize("format_", ["PNG", "WEBP"])
+def test_png_and_webp_lose_their_metadata_too(format_: str) -> None:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    exif[ExifTags.Base.Make] = "PhoneMaker"
+    exif.get_ifd(ExifTags.IFD.GPSInfo).update(GPS)
+    out = io.BytesIO()
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">secret place</x:xmpmeta>'
+    text = PngInfo()  # PNG keeps XMP and comments in text chunks
+    text.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    text.add_text("Comment", "taken at home")
+    halves(800, 600).save(out, format_, exif=exif.tobytes(), icc_profile=srgb_icc(), xmp=xmp, pnginfo=text)
+    source = Image.open(io.BytesIO(out.getvalue()))
+    assert source.getexif().get_ifd(ExifTags.IFD.GPSInfo) and b"secret place" in out.getvalue()
+    renditions = process(out.getvalue())
+    assert isinstance(renditions, list)
+    for rendition in renditions:
+        image = _decode(rendition.jpeg)
+        assert metadata_left(rendition.jpeg) == set() and image.info["icc_profile"] == srgb_icc()
+        assert image.height > image.width and close(image.getpixel((image.width // 2, 5)), RED)

@@ -392,6 +392,14 @@ async def test_nothing_to_undo(w: World) -> None:
     assert old.value.code == Code.NOTHING_TO_UNDO and w.used(ann) == (1, 0)
 
 
+async def test_an_undo_across_a_block_takes_the_swipe_back_without_the_person(w: World) -> None:
+    ann, bob = await w.person(), await w.person()
+    await w.swipe(ann, bob, LIKE)
+    w.relations.blocks.add((bob.id, ann.id))  # Bob blocked Ann right after her like
+    swipe, person = await swipes.undo_last(w.deps, ann.id, NOW + timedelta(minutes=1))
+    assert swipe.target_id == bob.id and person is None
+
+
 async def test_undo_refuses_when_the_last_swipe_changed_meanwhile(w: World) -> None:
     class LosingQueue(FakeQueue):
         async def last(self, user_id: uuid.UUID) -> Swipe | None:
