@@ -208,6 +208,10 @@ async def drained(stage: Stage, flowing: "asyncio.Task[float]") -> bool:
     return False
 
 
+async def holding(stage: Stage, writer: WriterProcess) -> bool:
+    return bool(await consumer_ids(stage, writer))
+
+
 async def applying(stage: Stage, writer: WriterProcess, flowing: "asyncio.Task[float]", baseline: int) -> bool:
     if flowing.done() and await backlog(stage.redis, stage.spec) == (0, 0):
         return True  # nothing left to apply: there is no busy moment to wait for
@@ -276,6 +280,9 @@ async def test_a_writer_killed_again_and_again_loses_and_doubles_nothing(stage: 
                 started = time.monotonic()
             took = flowing.result()
             await until(lambda: drained(stage, flowing), "the last writer to drain the streams")
+            # The last kill may leave nothing to drain: the restarted writer must still get going
+            # (hold its partitions), or the SIGTERM below lands before its handler exists.
+            await until(partial(holding, stage, writer), "the last writer to take its partitions")
             await asyncio.sleep(0.5)  # announcements already on the wire arrive
         finally:
             flowing.cancel()

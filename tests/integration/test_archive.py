@@ -98,7 +98,9 @@ async def test_windows_become_one_object_per_partition_and_history_reads_back_to
         await until(stage.archived_all, "the archive to reach the end of every partition")
         await asyncio.sleep(1.5)  # past a window: the log rolls over and truncates what is archived
     spanned = int(time.time() - started) + 2
-    keys = await objects_under(stage, f"{PREFIX}/")
+    # The bucket is the whole test run's: only windows that began with this test are its own.
+    keys = [k for k in await objects_under(stage, f"{PREFIX}/")
+            if int(k.split("/")[2].split("-")[0]) >= int(started * 1000) - 1000]
     assert keys
     # One object per partition per window at most, whatever the number of chats.
     per_partition: dict[str, int] = {}
@@ -109,7 +111,8 @@ async def test_windows_become_one_object_per_partition_and_history_reads_back_to
         assert await stage.whole_history(chat_id, page=7) == sent[chat_id]
     # What the archive holds leaves the local log, and the stream once the pusher is done with it too.
     assert WriteAheadLog(tmp_path / "wal").open() == []
-    for partition in range(PARTITIONS):
+    # Twelve random chats may leave one of the partitions empty.
+    for partition in sorted({stage.chats.partition_of(str(c)) for c in chats}):
         key = stage.chats.key(partition)
         assert await stage.redis.xlen(key) > 0
         await stage.redis.xgroup_setid(key, CHAT_PUSHER, "$")
