@@ -25,8 +25,8 @@ def encode_cursor(key: bytes, kind: str, payload: list[Any]) -> str:
     return base64.urlsafe_b64encode(mac.digest()[:_MAC_BYTES] + body).decode().rstrip("=")
 
 
-def decode_cursor(key: bytes, kind: str, cursor: str) -> list[Any]:
-    invalid = InputError(Code.INVALID_CURSOR, "Not a cursor of this list", "after")
+def decode_cursor(key: bytes, kind: str, cursor: str, field: str = "after") -> list[Any]:
+    invalid = InputError(Code.INVALID_CURSOR, "Not a cursor of this list", field)
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except ValueError:

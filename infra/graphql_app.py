@@ -115,6 +115,19 @@ def _malformed(message: object) -> str | None:
     return None
 
 
+def _bad_operation(operation: object) -> str | None:
+    # strawberry checks the shape of a single request but takes a batch's items as they come: a
+    # number among them ended in a 500, a number as the query in Python's own words.
+    if not isinstance(operation, dict):
+        return "Each operation must be a JSON object"
+    if not isinstance(operation.get("query"), str):
+        return "An operation needs its query as a string"
+    for name, kind in (("variables", dict), ("extensions", dict), ("operationName", str)):
+        if operation.get(name) is not None and not isinstance(operation[name], kind):
+            return f"{name} must be {'a JSON object' if kind is dict else 'a string'}"
+    return None
+
+
 def _with_codes(payload: object) -> object:
     # Errors strawberry's protocol handlers make themselves (the subscription cap) skip the schema's
     # error extensions, and so come without the code every error carries.
@@ -212,6 +225,10 @@ class GraphQLApp(GraphQL[Context, None]):
         most = batching["max_operations"] if batching else 1
         if isinstance(document, list) and not 1 <= len(document) <= most:
             raise HttpError(400, Code.BAD_REQUEST, f"A batch holds 1 to {most} operations")
+        for operation in document if isinstance(document, list) else [document]:
+            problem = _bad_operation(operation)
+            if problem:
+                raise HttpError(400, Code.BAD_REQUEST, problem)
         self._check_document(document)
 
     @staticmethod

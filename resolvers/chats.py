@@ -58,7 +58,7 @@ async def set_typing(info: Info, chat_id: strawberry.ID) -> SetTypingResult:
 def _seq_of(info: Info, kind: str, cursor: str | None, name: str) -> int | None:
     if cursor is None:
         return None
-    payload = decode_cursor(info.context.ports.cursor_key, kind, cursor)
+    payload = decode_cursor(info.context.ports.cursor_key, kind, cursor, name)
     if len(payload) != 1 or not isinstance(payload[0], int):
         raise InputError(Code.INVALID_CURSOR, "Not a cursor of this list", name)
     return payload[0]

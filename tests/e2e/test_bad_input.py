@@ -165,6 +165,17 @@ def _nested_variables(depth: int) -> bytes:
     pytest.param("POST", JSON, b'{"query": "{ __typename }", "variables": 1}', 400, "BAD_REQUEST",
                  id="variables-number"),
     pytest.param("POST", JSON, b"[" * 100_000, 400, "BAD_REQUEST", id="deep-array-100k"),
+    # A batch's items are held to what a single request is.
+    pytest.param("POST", JSON, b'[{"query": "{ __typename }"}, 5]', 400, "BAD_REQUEST", id="batch-number-item"),
+    pytest.param("POST", JSON, b"[null]", 400, "BAD_REQUEST", id="batch-null-item"),
+    pytest.param("POST", JSON, b'[[{"query": "{ __typename }"}]]', 400, "BAD_REQUEST", id="batch-nested"),
+    pytest.param("POST", JSON, b'[{"query": 5}]', 400, "BAD_REQUEST", id="batch-query-number"),
+    pytest.param("POST", JSON, b'[{"query": "{ __typename }", "variables": [1]}]', 400, "BAD_REQUEST",
+                 id="batch-variables-list"),
+    pytest.param("POST", JSON, b'[{"query": "{ __typename }", "extensions": "x"}]', 400, "BAD_REQUEST",
+                 id="batch-extensions-string"),
+    pytest.param("POST", JSON, b'{"query": "{ __typename }", "operationName": 5}', 400, "BAD_REQUEST",
+                 id="operation-name-number"),
     # Whether it is refused at the edge or by variable coercion is the server's choice; a 500 is not.
     pytest.param("POST", JSON, _nested_variables(400), None, None, id="deep-array-in-variables"),
 ])

@@ -134,6 +134,9 @@ async def test_history_pages_by_seq(api: str, workers: None) -> None:
     foreign = await gql(api, MESSAGES, {"chat": chat, "first": 5, "after": forward["edges"][0]["cursor"]},
                         bob.access_token)
     assert foreign["errors"][0]["extensions"]["code"] == "INVALID_CURSOR"
+    forged = await gql(api, MESSAGES, {"chat": chat, "last": 5, "before": "zz"}, ann.access_token)
+    assert forged["errors"][0]["extensions"]["code"] == "INVALID_CURSOR"
+    assert forged["errors"][0]["extensions"].get("field") == "before", forged
     both = await gql(api, MESSAGES, {"chat": chat, "first": 5, "last": 5}, ann.access_token)
     assert both["errors"][0]["extensions"]["code"] == "INVALID_INPUT"
 
