@@ -140,6 +140,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return _supervise(settings, env)
 
 
+def _ready(settings: Settings) -> bool:
+    import urllib.request
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{settings.port}/readyz", timeout=0.5) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
 def _supervise(settings: Settings, env: dict[str, str]) -> int:
     from workers import registry
 
@@ -160,10 +171,15 @@ def _supervise(settings: Settings, env: dict[str, str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     children = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
     url = f"http://{settings.host}:{settings.port}/graphql"
-    print(f"\n  newfriends is starting: GraphiQL at {url}\n  (Ctrl-C stops everything)\n", flush=True)
+    print("\n  newfriends is starting (Ctrl-C stops everything)\n", flush=True)
+    announced = False
     restarts: dict[str, float] = {}
     while not stopping:
         time.sleep(0.5)
+        # The URL only once the API answers: a person who opens it at once must find it working.
+        if not announced and _ready(settings):
+            announced = True
+            print(f"\n  newfriends is ready: GraphiQL at {url}\n  (Ctrl-C stops everything)\n", flush=True)
         for name, child in list(children.items()):
             if child.poll() is not None and not stopping:
                 # A crashed process comes back, but not in a tight loop.

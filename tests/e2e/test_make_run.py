@@ -35,7 +35,10 @@ def dev_stack(data_dir: Path, port: int) -> Iterator[str]:
             assert proc.poll() is None, log_path.read_text()[-4000:]
             assert time.monotonic() < deadline, log_path.read_text()[-4000:]
             time.sleep(0.25)
-        assert f"GraphiQL at http://127.0.0.1:{port}/graphql" in log_path.read_text()
+        # Announced once the API answers (the supervisor looks twice a second).
+        while f"ready: GraphiQL at http://127.0.0.1:{port}/graphql" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()[-4000:]
+            time.sleep(0.1)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)
