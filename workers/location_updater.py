@@ -1,6 +1,5 @@
 import asyncio
 import logging
-import signal
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from infra.metrics import REGISTRY
 from infra.pg_locations import Change, done, queue_everyone, queue_inactive, take_changes
 from infra.redis_client import open_redis
 from infra.settings import Settings
+from workers import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,7 @@ class LocationUpdater:
 
 
 async def main(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     redis = open_redis(settings.redis_url)
     try:
         async with open_pool(settings.database_url, max_size=2) as pool:

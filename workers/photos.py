@@ -1,6 +1,5 @@
 import asyncio
 import logging
-import signal
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +18,7 @@ from infra.metrics import REGISTRY
 from infra.pg_photos import NOTIFY_CHANNEL, Job, drop_garbage, finish, sweep, take_garbage, take_jobs
 from infra.photo_store import S3Photos, photo_store
 from infra.settings import Settings
+from workers import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,7 @@ class PhotoWorker:
 
 
 async def main(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     store = photo_store(settings)
     await store.ensure_bucket()
     async with open_pool(settings.database_url, max_size=2 + BATCH) as pool, \

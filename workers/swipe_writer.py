@@ -1,10 +1,5 @@
-import asyncio
 import gc
 import logging
-import os
-import secrets
-import signal
-import socket
 from datetime import timedelta
 
 import asyncpg
@@ -19,6 +14,7 @@ from infra.redis_client import open_redis
 from infra.settings import Settings
 from infra.streams import PartitionedConsumer, ensure_groups
 from infra.swipe_queue import SWIPE_WRITER, RedisSwipeQueue, decode_fields, swipes_spec
+from workers import new_consumer_id, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +72,7 @@ class SwipeWriter:
 
 async def main(settings: Settings) -> None:
     gc.set_threshold(*GC_THRESHOLD)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     spec = swipes_spec(settings.redis_prefix, settings.swipe_partitions)
     redis = open_redis(settings.redis_url)
     try:
@@ -88,7 +81,7 @@ async def main(settings: Settings) -> None:
             queue = RedisSwipeQueue(redis, spec, undo_window=timedelta(seconds=settings.undo_window_seconds))
             fences = PgFences(pool, spec.scope)
             writer = SwipeWriter(pool, queue, UserChannels(bus, settings.redis_prefix), fences)
-            consumer_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+            consumer_id = new_consumer_id()
             consumer = PartitionedConsumer(redis, spec, SWIPE_WRITER, consumer_id, decode_fields, writer, fences,
                                            batch_size=BATCH_SIZE, lease_seconds=settings.stream_lease_seconds)
             await consumer.run(stop=stop)
