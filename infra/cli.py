@@ -49,6 +49,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Protocol-level pings serve both GraphQL subprotocols (the legacy one has no ping a client
         # must answer): a peer silent past the timeout is dropped, and its subscriptions end with it.
         ws_ping_interval=_seconds("WS_PING_SECONDS", 20), ws_ping_timeout=_seconds("WS_PING_TIMEOUT_SECONDS", 20),
+        # An idle connection outlives any load balancer's idle timeout (60 s on the common ones): if
+        # the server closed first, a request the balancer sent on it at that moment would be reset.
+        timeout_keep_alive=int(_seconds("HTTP_KEEPALIVE_SECONDS", 75)),
         timeout_graceful_shutdown=10, ws_max_size=settings.max_body_bytes,
         log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False,
     )

@@ -25,6 +25,20 @@ mutation($input: SignUpInput!) {
   }
 }"""
 
+# Logs of the API processes still running, so a failing test shows what the servers said meanwhile.
+_server_logs: list[Path] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        for log in _server_logs:
+            tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+            if tail.strip():
+                report.sections.append((f"API log {log.name} (tail)", tail))
+    return report
+
 
 @contextmanager
 def running_server(settings: Settings, log_dir: Path, **env: str) -> Iterator[str]:
@@ -38,6 +52,7 @@ def running_server(settings: Settings, log_dir: Path, **env: str) -> Iterator[st
             stdout=log, stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
+    _server_logs.append(log_path)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -53,6 +68,7 @@ def running_server(settings: Settings, log_dir: Path, **env: str) -> Iterator[st
             time.sleep(0.1)
         yield base
     finally:
+        _server_logs.remove(log_path)
         proc.terminate()
         try:
             proc.wait(15)
