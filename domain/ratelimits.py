@@ -6,6 +6,7 @@ using the app does; quotas that are product rules (likes per day, location updat
 with their features.
 """
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,7 +29,8 @@ class Rule:
 
 
 RULES: dict[str, Rule] = {
-    # Anonymous: only the address can be counted (log-in guesses per account are counted there too).
+    # Anonymous: only the address can be counted here; log-in attempts per account are counted
+    # too (ACCOUNT_LOG_IN), so guesses spread over many addresses still meet a limit.
     "sign_up": Rule(None, Rate(20, 3600), exact=True),
     "log_in": Rule(None, Rate(60, 300), exact=True),
     "refresh": Rule(Rate(30, 300), Rate(600, 300), exact=True),
@@ -41,6 +43,10 @@ RULES: dict[str, Rule] = {
     "read": Rule(Rate(1200, 60), Rate(30000, 60)),
     "write": Rule(Rate(120, 60), Rate(6000, 60)),
 }
+
+# Password attempts on one account, from anywhere: far above a person mistyping, far below guessing.
+# Only password log-in stops at it; signed-in devices keep refreshing their sessions.
+ACCOUNT_LOG_IN = Rate(20, 900)
 
 FIELD_CLASSES: dict[str, str] = {
     "signUp": "sign_up", "logIn": "log_in", "refreshToken": "refresh",
@@ -89,6 +95,16 @@ def checks(fields: list[str], user_id: str | None, ip: str, scale: float) -> lis
         if rule.per_ip is not None:
             out.append(Check(f"{kind}:ip:{ip}", _scaled(rule.per_ip, scale), rule.per_ip.seconds, cost, rule.exact))
     return out
+
+
+def account_log_in_check(email_key: str, scale: float) -> list[Check]:
+    """The counter of log-in attempts on one account (its normalised email, hashed so the limiter's
+    keys hold no addresses)."""
+    if scale <= 0:
+        return []
+    digest = hashlib.sha256(email_key.encode()).hexdigest()[:32]
+    rate = ACCOUNT_LOG_IN
+    return [Check(f"log_in:acct:{digest}", _scaled(rate, scale), rate.seconds, exact=True)]
 
 
 def _scaled(rate: Rate, scale: float) -> int:

@@ -1,7 +1,7 @@
 import strawberry
 
-from domain import accounts, locations, photos, swipes
-from domain.errors import DomainError, NotFound
+from domain import accounts, locations, photos, ratelimits, swipes
+from domain.errors import Code, DomainError, LimitReached, NotFound
 from domain.ids import parse_id
 from domain.model import Tokens, User
 from domain.tags import CATALOGUE
@@ -41,11 +41,22 @@ async def sign_up(info: Info, input: SignUpInput) -> AuthResult:
 async def log_in(info: Info, email: str, password: str) -> AuthResult:
     ports = info.context.ports
     try:
+        await _count_attempt(info, email)
         user, tokens = await accounts.log_in(ports.auth, email, password, ports.clock(), info.context.client_ip)
     except DomainError as exc:
         return error_member(exc)
     await locations.update_from_ip(ports.places, user.id, info.context.client_ip, ports.clock())
     return _payload(info, user, tokens)
+
+
+async def _count_attempt(info: Info, email: str) -> None:
+    limiter = info.context.ports.rate_limiter
+    try:
+        key = accounts.normalise_email(email)
+    except DomainError:
+        return  # refused as wrong credentials without any password check
+    if limiter is not None and (wait := await limiter.take(ratelimits.account_log_in_check(key, limiter.scale))):
+        raise LimitReached(Code.RATE_LIMITED, "Too many log-in attempts for this account", wait)
 
 
 async def refresh_token(info: Info, refresh_token: str) -> AuthResult:

@@ -8,7 +8,7 @@ from domain.model import Gender, User, Visibility, age_on
 from domain.tags import BY_SLUG, Tag
 from resolvers.context import Info
 from resolvers.photos import own_photos, visible_photos
-from schema.errors import AuthErrorGQL, InputErrorGQL
+from schema.errors import AuthErrorGQL, InputErrorGQL, LimitErrorGQL
 from schema.photos import PhotoGQL
 
 GenderGQL = strawberry.enum(Gender, name="Gender")
@@ -150,6 +150,6 @@ class ProfileInput:
     )
 
 
-AuthResult = Annotated[AuthPayloadGQL | InputErrorGQL | AuthErrorGQL, strawberry.union("AuthResult")]
+AuthResult = Annotated[AuthPayloadGQL | InputErrorGQL | AuthErrorGQL | LimitErrorGQL, strawberry.union("AuthResult")]
 DeleteAccountResult = Annotated[DoneGQL | AuthErrorGQL, strawberry.union("DeleteAccountResult")]
 UpdateProfileResult = Annotated[MeGQL | InputErrorGQL, strawberry.union("UpdateProfileResult")]

@@ -126,3 +126,31 @@ async def test_operations_over_websocket_are_limited_too(two_servers: list[str])
     kinds = [a["data"]["refreshToken"]["__typename"] if a.get("data") else a["errors"][0]["extensions"]["code"]
              for a in answers]
     assert kinds == ["AuthError"] * 3 + ["RATE_LIMITED"], kinds
+
+
+LOG_IN = """mutation($e: String!, $p: String!) { logIn(email: $e, password: $p) { __typename
+  ... on Error { code } ... on LimitError { retryAfterSeconds } } }"""
+
+
+async def test_password_guesses_on_one_account_meet_a_limit_from_any_address(two_servers: list[str]) -> None:
+    first, second = two_servers
+    victim, bystander = new_account(), new_account()
+    for account in (victim, bystander):
+        assert "accessToken" in (await post(first, SIGNED_UP, {"input": account}, ip=address()))["data"]["signUp"]
+
+    async def log_in(base: str, account: dict[str, str], password: str) -> dict[str, Any]:
+        body = await post(base, LOG_IN, {"e": account["email"], "p": password}, ip=address())
+        result: dict[str, Any] = body["data"]["logIn"]
+        return result
+
+    # At a tenth of the real limit, two attempts per account in 15 minutes, each from a new address
+    # and alternating processes: the per-address limit never comes into it.
+    for base in (first, second):
+        assert (await log_in(base, victim, "a wrong guess of a password"))["code"] == "INVALID_CREDENTIALS"
+    for password in ("another wrong guess", victim["password"]):
+        refused = await log_in(first, victim, password)
+        assert refused["__typename"] == "LimitError" and refused["code"] == "RATE_LIMITED", refused
+        assert 1 <= refused["retryAfterSeconds"] <= 900
+    # Differently written, the same account; another account is untouched.
+    assert (await log_in(second, {"email": victim["email"].upper()}, victim["password"]))["code"] == "RATE_LIMITED"
+    assert (await log_in(second, bystander, bystander["password"]))["__typename"] == "AuthPayload"
