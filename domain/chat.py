@@ -19,6 +19,7 @@ TYPING_SECONDS = 5  # a typing indicator shows this long unless renewed
 TYPING_EVERY_SECONDS = 2  # at most one typing signal per person and chat in this time
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _LINE_ENDS = re.compile(r"\r\n?")
+_BIDI_OVERRIDES = frozenset("\u202d\u202e")
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,10 @@ def clean_message(text: str) -> str:
     body = unicodedata.normalize("NFC", _LINE_ENDS.sub("\n", text))
     if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in body):
         raise InputError(Code.INVALID_TEXT, "text contains a control character", "text")
+    # An override shows the characters after it reversed: "moc.elgoog" drawn as a trusted link.
+    # Embeddings, isolates and marks stay: they are how mixed Arabic or Hebrew and Latin text reads right.
+    if _BIDI_OVERRIDES.intersection(body):
+        raise InputError(Code.INVALID_TEXT, "text contains a bidirectional override", "text")
     if len(body) > MAX_TEXT:
         raise InputError(Code.TEXT_TOO_LONG, f"text is longer than {MAX_TEXT} characters", "text")
     if not visible(body):

@@ -163,11 +163,14 @@ def test_text_is_normalised_and_checked() -> None:
     assert clean_message("e\u0301" * 2000) == "\u00e9" * 2000  # counted after NFC
     assert clean_message("\U0001f469\u200d\U0001f4bb \U0001fae8") == "\U0001f469\u200d\U0001f4bb \U0001fae8"
     assert clean_message("  padded  ") == "  padded  "  # the sender's spacing is theirs
+    mixed = "\u05e9\u05dc\u05d5\u05dd \u2067abc\u2069 \u200f!"  # Hebrew, an isolated Latin word, a mark
+    assert clean_message(mixed) == mixed
     for bad, code in (("", Code.TEXT_TOO_SHORT), (" \n\t", Code.TEXT_TOO_SHORT), ("\u200b", Code.TEXT_TOO_SHORT),
                       ("x" * 2001, Code.TEXT_TOO_LONG), ("x" * 9000, Code.TEXT_TOO_LONG),
                       ("a\x00b", Code.INVALID_TEXT), ("a\x1bb", Code.INVALID_TEXT), ("a\x7fb", Code.INVALID_TEXT),
                       ("a\x85b", Code.INVALID_TEXT), ("half \ud83d", Code.INVALID_TEXT),
-                      ("\udc00 low", Code.INVALID_TEXT)):
+                      ("\udc00 low", Code.INVALID_TEXT), ("see \u202egpj.exe", Code.INVALID_TEXT),
+                      ("\u202dabc", Code.INVALID_TEXT)):
         with pytest.raises(InputError) as refused:
             clean_message(bad)
         assert (refused.value.code, refused.value.field) == (code, "text"), repr(bad)
