@@ -45,9 +45,16 @@ class Services:
     cdn_url: str = ""
 
 
-def free_port() -> int:
+def free_port(wanted: int = 0) -> int:
+    """A port free on 127.0.0.1 right now: `wanted` if it is, else any."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        # As the servers themselves bind: the last run's closed connections still waiting out
+        # TIME_WAIT on that port do not keep it from them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", wanted))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -330,9 +337,16 @@ class EmbeddedStack:
         stop_signal: signal.Signals = signal.SIGTERM, env: dict[str, str] | None = None,
     ) -> int:
         log_path = self._log_path(name)
+        # The port of the last run where it is still free, so what was handed out with it (photo
+        # links on the development CDN, URLs in a shell's history) outlives a restart.
+        saved = self._dir / "run" / f"{name}.port"
+        try:
+            last = int(saved.read_text())
+        except (OSError, ValueError):
+            last = 0
         # A free port can be taken by someone else before the child binds it: retry on a new one.
-        for _ in range(3):
-            port = free_port()
+        for attempt in range(3):
+            port = free_port(last if attempt == 0 and 1024 <= last <= 65535 else 0)
             with open(log_path, "ab") as log:
                 start = log.tell()
                 log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting on port {port}\n".encode())
@@ -347,6 +361,7 @@ class EmbeddedStack:
             self._children.append(_Child(name, process, stop_signal))
             self._write_record(name, process.pid)
             if self._wait_until_answers(name, process, answers, port):
+                saved.write_text(str(port))
                 return port
             with open(log_path, "rb") as tail:
                 tail.seek(start)

@@ -55,6 +55,9 @@ def test_data_survives_a_restart(tmp_path: Path) -> None:
     assert (tmp_path / "s3-credentials.json").stat().st_mode & 0o777 == 0o600
     with EmbeddedStack(tmp_path) as services:
         assert (services.s3_access_key, services.s3_secret_key) == (first.s3_access_key, first.s3_secret_key)
+        # Where the ports are still free, the same ones: photo links handed out before still work.
+        assert (services.s3_endpoint_url, services.cdn_url, services.database_url, services.redis_url) \
+            == (first.s3_endpoint_url, first.cdn_url, first.database_url, first.redis_url)
         assert asyncio.run(_pg(services.database_url, "SELECT body FROM notes")) == "kept"
         assert redis.Redis.from_url(services.redis_url).get("greeting") == b"hello"
         s3 = s3_client(services.s3_endpoint_url, services.s3_access_key, services.s3_secret_key)
