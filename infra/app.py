@@ -153,6 +153,7 @@ def create_app(settings: Settings) -> Starlette:
         runtime.require_ports,
         production=settings.production, max_body_bytes=settings.max_body_bytes,
         allowed_origins=settings.allowed_origins, init_timeout_seconds=settings.ws_init_timeout_seconds,
+        body_timeout_seconds=settings.body_timeout_seconds,
     )
     middleware = []
     if settings.allowed_origins:

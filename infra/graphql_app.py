@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from cross_web import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
@@ -170,6 +170,7 @@ class GraphQLApp(GraphQL[Context, None]):
     def __init__(
         self, schema: BaseSchema, ports: Callable[[], Ports], *, production: bool, max_body_bytes: int,
         allowed_origins: tuple[str, ...] = (), ping_seconds: float = 15, init_timeout_seconds: float = 10,
+        body_timeout_seconds: float = 30,
     ) -> None:
         super().__init__(
             schema, graphql_ide=None if production else "graphiql", keep_alive=True,
@@ -179,6 +180,7 @@ class GraphQLApp(GraphQL[Context, None]):
         self._ports = ports
         self._max_body = max_body_bytes
         self._init_timeout = init_timeout_seconds
+        self._body_timeout = body_timeout_seconds
         self._watchers: dict[int, asyncio.Task[None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -196,6 +198,8 @@ class GraphQLApp(GraphQL[Context, None]):
             response = self._error_response(request, status, _STATUS_CODES.get(status, Code.BAD_REQUEST), exc.reason)
         except HttpError as exc:
             response = self._error_response(request, exc.status, exc.code, exc.message)
+        except ClientDisconnect:
+            return  # gone before its request was whole: no one to answer, nothing ran
         await response(scope, receive, send)
 
     async def _check_request(self, request: Request) -> None:
@@ -213,10 +217,15 @@ class GraphQLApp(GraphQL[Context, None]):
         if declared and declared.isdigit() and int(declared) > self._max_body:
             raise HttpError(413, Code.PAYLOAD_TOO_LARGE, f"Request body is over {self._max_body} bytes")
         body = bytearray()
-        async for chunk in request.stream():  # counted as it arrives: Content-Length may be absent
-            body += chunk
-            if len(body) > self._max_body:
-                raise HttpError(413, Code.PAYLOAD_TOO_LARGE, f"Request body is over {self._max_body} bytes")
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                async for chunk in request.stream():  # counted as it arrives: Content-Length may be absent
+                    body += chunk
+                    if len(body) > self._max_body:
+                        raise HttpError(413, Code.PAYLOAD_TOO_LARGE, f"Request body is over {self._max_body} bytes")
+        except TimeoutError:
+            raise HttpError(408, Code.REQUEST_TIMEOUT,
+                            f"Request body did not arrive within {self._body_timeout:g} s") from None
         request._body = bytes(body)  # starlette serves it from here to strawberry's parser
         document = self._parse(bytes(body))
         if not isinstance(document, dict | list):
@@ -249,7 +258,9 @@ class GraphQLApp(GraphQL[Context, None]):
         HTTP_REJECTIONS.labels(code.value).inc()
         body = {"errors": [{"message": message, "extensions": {"code": code.value}}]}
         media = GRAPHQL_RESPONSE if _wants_graphql_response(request) else "application/json"
-        return Response(json.dumps(body), status_code=status, media_type=media)
+        # The rest of a body too slow to arrive is not waited for: the connection is done.
+        headers = {"connection": "close"} if status == 408 else None
+        return Response(json.dumps(body), status_code=status, media_type=media, headers=headers)
 
     async def render_graphql_ide(self, request: Request) -> Response:
         # GraphiQL sends its Headers tab with HTTP requests but not in the WebSocket connection_init,

@@ -58,6 +58,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     db_pool_max: int = 10
     ws_init_timeout_seconds: int = 10
+    # A whole request body, however it trickles in: a megabyte at 50 KB/s fits, a held-open socket does not.
+    body_timeout_seconds: int = 30
     swipe_partitions: int = 16
     # Partitions of the chat stream, as the design's 100 queue partitions: each chat stays on one,
     # whose single consumer keeps it in order. The same value on every process.
@@ -128,6 +130,7 @@ class Settings:
             allowed_origins=_list("ALLOWED_ORIGINS"),
             db_pool_max=_int("DB_POOL_MAX", 10),
             ws_init_timeout_seconds=_int("WS_INIT_TIMEOUT_SECONDS", 10),
+            body_timeout_seconds=_int("BODY_TIMEOUT_SECONDS", 30),
             swipe_partitions=_int("SWIPE_PARTITIONS", 16),
             chat_partitions=_int("CHAT_PARTITIONS", 100),
             chat_recent_messages=_int("CHAT_RECENT_MESSAGES", 1000),

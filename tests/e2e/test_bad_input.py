@@ -3,13 +3,15 @@
 The requests here are deliberately hostile or sloppy; each test checks the status, that a code is
 present, and where something could have been stored, that nothing was.
 """
+import asyncio
 import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +24,7 @@ from gql.transport.websockets import WebsocketsTransport
 from domain.model import Principal
 from infra.security import JwtSigner
 from infra.settings import Settings
-from tests.e2e.conftest import Account, gql, sign_up, ws_url
+from tests.e2e.conftest import Account, gql, running_server, sign_up, ws_url
 
 JSON = "application/json"
 SURROGATE = "\ud800"  # a lone high surrogate: valid in a JSON escape, not encodable as UTF-8
@@ -218,6 +220,43 @@ async def test_body_over_one_megabyte_chunked(api: str) -> None:
     assert response.request.headers["transfer-encoding"] == "chunked"
     assert response.status_code == 413 and error_code(response) == "PAYLOAD_TOO_LARGE"
     await assert_healthy(api)
+
+
+@pytest.fixture
+def impatient_api(settings: Settings, migrated: None, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A server that waits 2 s for a request body, with its log."""
+    with running_server(settings, tmp_path, BODY_TIMEOUT_SECONDS="2") as base:
+        yield base, next(tmp_path.glob("api-*.log"))
+
+
+async def _send_part_of_a_body(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /graphql HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: 1000\r\n\r\n{\"query\": \"{ __type")
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_body_that_trickles_in_is_refused_in_time_and_a_vanished_client_leaves_no_trace(
+    impatient_api: tuple[str, Path],
+) -> None:
+    base, log = impatient_api
+    reader, writer = await _send_part_of_a_body(base)
+    started = time.monotonic()
+    answer = await asyncio.wait_for(reader.read(), 10)  # the server closes after answering
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower(), answer
+    assert json.loads(body)["errors"][0]["extensions"]["code"] == "REQUEST_TIMEOUT"
+    assert 1.5 < time.monotonic() - started < 6
+
+    # A client gone halfway through its body: nothing to answer, nothing to log.
+    _, writer = await _send_part_of_a_body(base)
+    writer.close()
+    await asyncio.sleep(0.5)
+    await assert_healthy(base)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
 async def test_get_refuses_mutations_without_running_them(api: str, survivor: Account) -> None:
