@@ -50,6 +50,10 @@ def _not_json(literal: str) -> Any:
     raise ValueError(f"{literal} is not JSON")
 
 
+def _not_json_on_socket(literal: str) -> Any:
+    raise json.JSONDecodeError(f"{literal} is not JSON", literal, 0)
+
+
 def _contains_surrogate(value: Any) -> bool:
     # Iterative: JSON nests deeper than Python's recursion limit long before 1 MB.
     pending = [value]
@@ -145,7 +149,18 @@ class _Socket(ASGIWebSocketAdapter):
             if problem is not None:
                 await self.close(CLOSE_BAD_MESSAGE, problem)
                 return
+            assert isinstance(message, dict)
+            if message["type"] in _OPERATION_TYPES and _contains_surrogate(message["payload"]):
+                # Refused as over HTTP, for this operation alone: the socket and its others go on.
+                await self._refuse(message["id"], Code.BAD_USER_INPUT, "Request contains an unpaired UTF-16 surrogate")
+                continue
             yield message
+
+    async def _refuse(self, operation_id: str, code: Code, text: str) -> None:
+        error = {"message": text, "extensions": {"code": code.value}}
+        legacy = getattr(self.ws.state, "subprotocol", None) != GRAPHQL_TRANSPORT_WS_PROTOCOL
+        with suppress(WebSocketDisconnected):
+            await self.send_json({"type": "error", "id": operation_id, "payload": error if legacy else [error]})
 
     # A socket this app already closed (a refused init, an ended session) must not make strawberry
     # fail when it then tries to answer or close it as well.
@@ -306,6 +321,11 @@ class GraphQLApp(GraphQL[Context, None]):
         if wait and not getattr(request.state, "answered", False):
             response.headers["retry-after"] = str(wait)
         return response
+
+    def decode_json(self, data: str | bytes) -> object:
+        # NaN and Infinity are not JSON, though Python's parser takes them: refused on sockets as
+        # any other text that is not JSON (over HTTP the body check has refused them already).
+        return json.loads(data, parse_constant=_not_json_on_socket)
 
     async def pick_websocket_subprotocol(self, request: WebSocket) -> str | None:
         chosen = await super().pick_websocket_subprotocol(request)

@@ -433,3 +433,41 @@ async def test_legacy_refusal_says_why_and_closes_with_4401(api: str, settings: 
     assert received[0]["type"] == "connection_error", received
     assert received[0]["payload"]["reason"] == "TOKEN_EXPIRED" and "refresh" in received[0]["payload"]["message"]
     assert code == 4401
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_surrogate_or_nan_in_an_operation_is_refused_as_over_http(api: str, protocol: str) -> None:
+    account = await sign_up(api)
+    start = "start" if protocol == APOLLO else "subscribe"
+    query = "subscription($c: ID!) { chatEvents(chatId: $c) { __typename } }"
+    init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {account.access_token}"}}
+    async with websockets.connect(ws_url(api), subprotocols=[websockets.Subprotocol(protocol)]) as ws:
+        await ws.send(json.dumps(init))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+
+        async def answer_to(operation_id: str) -> dict[str, Any]:
+            async with asyncio.timeout(5):
+                while True:
+                    frame: dict[str, Any] = json.loads(await ws.recv())
+                    if frame.get("id") == operation_id:
+                        return frame
+                    assert frame["type"] == "ka", frame  # nothing else may come meanwhile
+
+        # json.dumps keeps the surrogate as a \ud800 escape: valid JSON, not valid UTF-8.
+        def operation(operation_id: str, chat_id: object) -> dict[str, Any]:
+            return {"type": start, "id": operation_id, "payload": {"query": query, "variables": {"c": chat_id}}}
+
+        await ws.send(json.dumps(operation("s", "x\ud800")))
+        refused = await answer_to("s")
+        errors = refused["payload"] if isinstance(refused["payload"], list) else [refused["payload"]]
+        assert refused["type"] == "error" and errors[0]["extensions"]["code"] == "BAD_USER_INPUT", refused
+
+        # NaN is not JSON: graphql-transport-ws closes on text that is not JSON, the legacy protocol skips it.
+        await ws.send(json.dumps(operation("n", float("nan"))))  # Python writes the NaN literal
+        if protocol == TRANSPORT_WS:
+            with pytest.raises(websockets.ConnectionClosed):
+                await answer_to("n")
+            assert ws.close_code == 4400, (ws.close_code, ws.close_reason)
+            return
+        await ws.send(json.dumps(operation("p", "nope")))
+        assert (await answer_to("p"))["type"] in ("data", "error")  # "n" never answered, the socket lives on
