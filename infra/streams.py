@@ -176,12 +176,6 @@ async def _wait_any(events: Iterable[asyncio.Event], seconds: float) -> None:
             waiter.cancel()
 
 
-def _swallow(task: "asyncio.Future[Any]") -> None:
-    # An abandoned read that failed anyway: nothing to report.
-    if not task.cancelled():
-        task.exception()
-
-
 def _pairs(fields: list[bytes] | None) -> dict[bytes, bytes]:
     return dict(zip(fields[::2], fields[1::2], strict=False)) if fields else {}
 
@@ -483,7 +477,10 @@ class PartitionedConsumer(Generic[T]):
                     await _wait(lease.leave, IDLE_POLL)
                     continue
             else:
-                entries = _entries(await self._read_or_leave(lease, key))
+                # Never interrupted, not even to leave: a node that has taken a blocked read may still
+                # serve it after the client gave up, and what it delivered would sit pending under our
+                # name until the next owner claimed it. Leaving waits out the block (block_ms) instead.
+                entries = _entries(await self._read(key, ">", self._block_ms))
                 if not entries:
                     continue
             lease.idle = False
@@ -491,19 +488,6 @@ class PartitionedConsumer(Generic[T]):
 
     async def _read(self, key: str, cursor: str, block: int | None) -> Any:
         return await self._reader.xreadgroup(self._group, self._id, {key: cursor}, count=self._batch, block=block)
-
-    async def _read_or_leave(self, lease: _Lease, key: str) -> Any:
-        # A blocked read is the one safe place to interrupt: what it delivered stays pending for
-        # the next owner. A batch being handled is never interrupted.
-        read = asyncio.ensure_future(self._read(key, ">", self._block_ms))
-        leaving = asyncio.ensure_future(lease.leave.wait())
-        await asyncio.wait((read, leaving), return_when=asyncio.FIRST_COMPLETED)
-        leaving.cancel()
-        if read.done():
-            return read.result()
-        read.cancel()
-        read.add_done_callback(_swallow)
-        return None
 
     async def _process(self, lease: _Lease, entries: list[Entry]) -> None:
         good: list[tuple[str, T]] = []

@@ -15,7 +15,7 @@ from infra.app import Runtime
 from infra.db import open_pool
 from infra.metrics import REGISTRY
 from infra.pg_fences import PgFences
-from infra.redis_client import is_cluster_url, open_redis
+from infra.redis_client import open_redis
 from infra.streams import PartitionedConsumer, StaleOwner, StreamSpec, append, ensure_groups
 from tests.services import TestServices
 
@@ -409,15 +409,8 @@ async def test_entries_are_trimmed_only_once_every_group_applied_them(
 
 
 async def test_clean_stop_finishes_the_batch_and_releases_at_once(
-    redis: aioredis.Redis, pool: asyncpg.Pool, services: TestServices, redis_url: str,
-    request: pytest.FixtureRequest,
+    redis: aioredis.Redis, pool: asyncpg.Pool, services: TestServices,
 ) -> None:
-    if is_cluster_url(redis_url):
-        # Known gap on a cluster (about one run in three): a blocked read interrupted by the stop
-        # can still be served by its node, so entries are left pending (for the next owner, which
-        # the end of this test shows applies them all in order) where a single Redis leaves none.
-        request.applymarker(pytest.mark.xfail(reason="an interrupted read on a cluster node may leave entries pending",
-                                              strict=False))
     spec = new_spec(services, 4)
     group = spec.groups[0]
     await ensure_groups(redis, spec)
