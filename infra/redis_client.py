@@ -59,16 +59,21 @@ def is_cluster(redis: Any) -> bool:
     return isinstance(redis, RedisCluster)
 
 
-def raw_reader(redis: aioredis.Redis, command: str) -> aioredis.Redis:
-    """A client whose replies to `command` come back as hiredis parsed them, unreshaped. On one node
-    it shares the connections of `redis`; on a cluster it has its own (close it with aclose)."""
+def raw_reader(redis: aioredis.Redis, command: str, connections: int) -> aioredis.Redis:
+    """A client of its own whose replies to `command` come back as hiredis parsed them, unreshaped,
+    with room for at least `connections` commands at once (close it with aclose)."""
     reader: Any
     if is_cluster(redis):
         manager = cast(RedisCluster, redis).nodes_manager
         startup = next(iter(manager.startup_nodes.values()))
         reader = Cluster(host=startup.host, port=startup.port, **_kwargs(manager.connection_kwargs))
     else:
-        reader = aioredis.Redis(connection_pool=redis.connection_pool)
+        # Not the pool of `redis`: blocked reads, one per partition owned, would take all of its
+        # connections and leave lease renewals and acks waiting behind them.
+        shared = redis.connection_pool
+        reader = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool(
+            connection_class=shared.connection_class, max_connections=connections, timeout=POOL_WAIT_SECONDS,
+            **shared.connection_kwargs))
     reader.set_response_callback(command, _unparsed)
     return cast(aioredis.Redis, reader)
 

@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError, ResponseError
 
 from infra.metrics import REGISTRY
-from infra.redis_client import NotDurable, is_cluster, pinned, raw_reader
+from infra.redis_client import NotDurable, pinned, raw_reader
 
 log = logging.getLogger(__name__)
 
@@ -282,10 +282,10 @@ class PartitionedConsumer(Generic[T]):
         self._leases: dict[int, _Lease] = {}
         self._until_idle = False
         self._went_idle = asyncio.Event()  # until_idle: a partition ran dry, time to look again
-        # Reads go through a client of our own over the same connections that leaves XREADGROUP's
-        # replies as hiredis parsed them: redis-py's reshaping (a dict and two tuples per entry) cost
-        # the swipe writer more than checking the entries did.
-        self._reader = raw_reader(redis, "XREADGROUP")
+        # Reads go through a client of our own, with a connection for each partition's blocked read,
+        # that leaves XREADGROUP's replies as hiredis parsed them: redis-py's reshaping (a dict and
+        # two tuples per entry) cost the swipe writer more than checking the entries did.
+        self._reader = raw_reader(redis, "XREADGROUP", spec.partitions + 2)
         self._acquire = redis.register_script(_ACQUIRE)
         self._release = redis.register_script(_RELEASE)
         self._heartbeat = redis.register_script(_HEARTBEAT)
@@ -584,8 +584,7 @@ class PartitionedConsumer(Generic[T]):
         self._lag_gauge.dec(self._reported[0])
         self._pending_gauge.dec(self._reported[1])
         self._reported = (0, 0)
-        if is_cluster(self._reader):  # its own connections (reopened if run again); on one node, shared
-            await self._reader.aclose()
+        await self._reader.aclose()  # its own connections, opened again if run again
 
     async def _trim_all(self, partitions: Iterable[int]) -> None:
         await asyncio.gather(*(trim(self._redis, self._spec, partition) for partition in partitions))

@@ -15,7 +15,7 @@ from infra.app import Runtime
 from infra.db import open_pool
 from infra.metrics import REGISTRY
 from infra.pg_fences import PgFences
-from infra.redis_client import open_redis
+from infra.redis_client import POOL_SIZE, open_redis
 from infra.streams import PartitionedConsumer, StaleOwner, StreamSpec, append, ensure_groups
 from tests.services import TestServices
 
@@ -452,3 +452,32 @@ def test_partition_of_is_stable() -> None:
     assert [spec.partition_of(k) for k in ("alice", "bob", "")] == [29, 42, 76]
     with pytest.raises(ValueError):
         spec.key(100)
+
+
+async def test_blocked_reads_on_more_partitions_than_the_pool_holds_leave_its_commands_waiting_for_none(
+    redis: aioredis.Redis, pool: asyncpg.Pool, services: TestServices,
+) -> None:
+    # One consumer owning more partitions than its client has connections (POOL_SIZE), each with a
+    # read blocked: lease renewals and acks through that client must still go at once.
+    spec = new_spec(services, POOL_SIZE + 20)
+    group = spec.groups[0]
+    await ensure_groups(redis, spec)
+    recorder = Recorder(pool, group, "wide")
+    consumer = make_consumer(redis, spec, group, recorder, block_ms=2000)
+    stop = asyncio.Event()
+    run = asyncio.create_task(consumer.run(stop=stop))
+    try:
+        await eventually(lambda: _true(len(consumer.owned) == spec.partitions))
+        await asyncio.sleep(0.5)  # every partition's read is blocked now
+        waits = []
+        for _ in range(20):
+            started = time.monotonic()
+            await redis.ping()
+            waits.append(time.monotonic() - started)
+        assert max(waits) < 0.5, f"a command waited {max(waits) * 1000:.0f} ms behind blocked reads"
+        ids = await fill(redis, spec, 1)
+        await eventually(lambda: _count(pool, group, spec.partitions))
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, WAIT)
+    await assert_all_applied_in_order(pool, group, ids)
