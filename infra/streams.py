@@ -391,16 +391,19 @@ class PartitionedConsumer(Generic[T]):
             # All at once: taken one after another, each partition's fence would wait for a pool
             # connection behind the first batches of those taken before it.
             trying, free = free[:wanted], free[wanted:]
-            wanted -= sum(await asyncio.gather(*(self._take(partition) for partition in trying)))
+            results = await asyncio.gather(*(self._take(partition) for partition in trying), return_exceptions=True)
+            wanted -= sum(result is True for result in results)
+            for result in results:
+                if isinstance(result, BaseException):
+                    # Fences live in PostgreSQL: when it is away every partition would fail alike,
+                    # so one line a round says so, and the rest wait for the next round.
+                    log.warning("%s/%s: cannot take partitions: %r", self._spec.name, self._group, result)
+                    return
 
     async def _take(self, partition: int) -> bool:
         lease_key = self._spec.lease_key(partition, self._group)
         started = time.monotonic()
-        try:
-            floor = await self._fences.floor(self._group, partition)
-        except Exception as error:
-            log.warning("%s/%s: fence floor unavailable: %s", self._spec.name, self._group, error)
-            return False
+        floor = await self._fences.floor(self._group, partition)
         fence = await self._acquire([lease_key, self._spec.fence_key(partition, self._group)],
                                     [self._id, self._lease_ms, floor])
         if fence is None:

@@ -481,3 +481,25 @@ async def test_blocked_reads_on_more_partitions_than_the_pool_holds_leave_its_co
         stop.set()
         await asyncio.wait_for(run, WAIT)
     await assert_all_applied_in_order(pool, group, ids)
+
+
+async def test_without_postgresql_a_round_says_so_once_and_the_partitions_wait(
+    redis: aioredis.Redis, pool: asyncpg.Pool, services: TestServices, caplog: pytest.LogCaptureFixture,
+) -> None:
+    spec = new_spec(services, 50)
+    group = spec.groups[0]
+    await ensure_groups(redis, spec)
+    async with open_pool(services.database_url) as gone:
+        pass  # a real pool, closed: every fence read fails as with PostgreSQL away
+    recorder = Recorder(pool, group, "orphaned")
+    recorder.fences = PgFences(gone)
+    consumer = make_consumer(redis, spec, group, recorder, lease_seconds=SHORT_LEASE)
+    stop = asyncio.Event()
+    run = asyncio.create_task(consumer.run(stop=stop))
+    await asyncio.sleep(3 * SHORT_LEASE)
+    stop.set()
+    await asyncio.wait_for(run, WAIT)
+    said = [r for r in caplog.records if r.name == "infra.streams" and "cannot take partitions" in r.getMessage()]
+    assert consumer.owned == set() and said
+    # A line a round (a round every third of a lease), not one for each of the 50 partitions.
+    assert len(said) <= 12, len(said)
