@@ -25,6 +25,8 @@ from infra.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
+SWEEP_SECONDS = 1.0  # how often windows too old to matter are forgotten
+
 # Both windows share the counter's hash tag: one slot. Same estimate as domain.ratelimits.estimate.
 _EXACT = """
 local cost, limit, elapsed, seconds = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -43,7 +45,6 @@ class _Counter:
     known: int = 0  # the fleet's total, as of the last reply
     pending: int = 0  # taken here, not sent yet
     sending: int = 0  # sent, reply not back yet
-    touched: bool = True  # looked at since the last flush: worth learning the fleet's total
 
     @property
     def total(self) -> int:
@@ -59,6 +60,10 @@ class RedisRateLimiter:
         self._flush_seconds = flush_seconds
         self._clock = clock
         self._counters: dict[tuple[str, int], _Counter] = {}
+        # Looked at since the last flush, so worth sending and learning the fleet's total: a flush
+        # then costs what was used, not a walk over every person's counters twenty times a second.
+        self._due: dict[tuple[str, int], _Counter] = {}
+        self._swept = 0.0
         self._task: asyncio.Task[None] | None = None
         self._exact = redis.register_script(_EXACT)
 
@@ -100,7 +105,7 @@ class RedisRateLimiter:
             window = int(now // check.seconds)
             elapsed = now - window * check.seconds
             current = self._counter(check.key, window, check.seconds)
-            current.touched = True
+            self._due[(check.key, window)] = current
             previous = self._counters.get((check.key, window - 1))
             before = previous.total if previous else 0
             if estimate(before, current.total + check.cost, elapsed, check.seconds) > check.limit:
@@ -136,16 +141,19 @@ class RedisRateLimiter:
 
     async def flush(self) -> None:
         now = self._clock()
-        # Windows that can no longer weigh on a request go: the previous one still counts.
-        for key, window in [k for k, c in self._counters.items() if k[1] < int(now // c.seconds) - 1]:
-            del self._counters[(key, window)]
+        if now - self._swept >= SWEEP_SECONDS:
+            self._swept = now
+            # Windows that can no longer weigh on a request go: the previous one still counts.
+            for gone in [k for k, c in self._counters.items() if k[1] < int(now // c.seconds) - 1]:
+                del self._counters[gone]
+                self._due.pop(gone, None)
         # Counters only looked at are refreshed too (adding nothing): a process that has counted
         # nothing itself learns what the others counted.
-        due = [(k, c) for k, c in self._counters.items() if c.pending or c.touched]
+        due, self._due = list(self._due.items()), {}
         if not due:
             return
         for _, counter in due:
-            counter.sending, counter.pending, counter.touched = counter.pending, 0, False
+            counter.sending, counter.pending = counter.pending, 0
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for (key, window), counter in due:
@@ -154,8 +162,9 @@ class RedisRateLimiter:
                     pipe.expire(name, 2 * counter.seconds + 5)
                 replies = await pipe.execute()
         except BaseException:
-            for _, counter in due:  # sent again next time: a count is never dropped
+            for place, counter in due:  # sent again next time: a count is never dropped
                 counter.pending, counter.sending = counter.pending + counter.sending, 0
+                self._due[place] = counter
             raise
         for (_, counter), total in zip(due, replies[::2], strict=True):
             counter.known, counter.sending = int(total), 0
