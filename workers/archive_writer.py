@@ -62,8 +62,7 @@ async def main(settings: Settings) -> None:
             consumer_id = new_consumer_id()
             # Few windows per read: each one is a whole object.
             consumer = PartitionedConsumer(redis, windows, ARCHIVE_WRITER, consumer_id, decode_window, writer,
-                                           fences, batch_size=4, lease_seconds=settings.stream_lease_seconds,
-                                           block_ms=200)
+                                           fences, batch_size=4, lease_seconds=settings.stream_lease_seconds)
             await consumer.run(stop=stop)
     finally:
         await redis.aclose()

@@ -82,7 +82,7 @@ async def main(settings: Settings) -> None:
             consumer_id = new_consumer_id()
             consumer = PartitionedConsumer(redis, spec, CHAT_PUSHER, consumer_id, decode_entry,
                                            ChatPusher(bus, settings.redis_prefix), PgFences(pool, spec.scope),
-                                           lease_seconds=settings.stream_lease_seconds, block_ms=200)
+                                           lease_seconds=settings.stream_lease_seconds)
             regroup = asyncio.create_task(keep_groups(redis, spec, stop, settings.stream_lease_seconds / 2))
             try:
                 await consumer.run(stop=stop)
