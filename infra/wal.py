@@ -31,11 +31,6 @@ class _Segment:
     marks: dict[int, Position] = field(default_factory=dict)
 
 
-def _encode(key: int, position: Position, payload: bytes) -> bytes:
-    body = _BODY.pack(key, *position) + payload
-    return _HEAD.pack(len(body), zlib.crc32(body)) + body
-
-
 def _read(path: Path) -> Iterator[Record]:
     data = path.read_bytes()
     offset = 0
@@ -109,13 +104,22 @@ class WriteAheadLog:
     def append(self, records: list[tuple[int, Position, bytes]]) -> None:
         if not records:
             return
-        data = b"".join(_encode(key, position, payload) for key, position, payload in records)
+        # One loop, names bound once: every chat message passes here.
+        body, head, crc32 = _BODY.pack, _HEAD.pack, zlib.crc32
+        parts: list[bytes] = []
+        add = parts.append
         segment = self._segments[-1]
+        marks = segment.marks  # a mark ahead of a failed write only makes truncation wait longer
+        for key, (ms, seq), payload in records:
+            record = body(key, ms, seq) + payload
+            add(head(len(record), crc32(record)))
+            add(record)
+            if (ms, seq) > marks.get(key, (-1, -1)):
+                marks[key] = (ms, seq)
+        data = b"".join(parts)
         os.write(self._fd, data)
         segment.size += len(data)
         self._written += len(data)
-        for key, position, _ in records:
-            segment.marks[key] = max(segment.marks.get(key, position), position)
         if segment.size >= self._segment_bytes:
             self._roll()
 

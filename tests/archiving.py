@@ -75,9 +75,10 @@ class Stage:
 
     @asynccontextmanager
     async def aggregating(self, wal_dir: Path, window_ms: int, *, clock: Callable[[], float] = time.time,
-                          name: str = "agg", wal_max_bytes: int = 1 << 30) -> AsyncIterator[Aggregator]:
+                          name: str = "agg", wal_max_bytes: int = 1 << 30,
+                          kind: type[Aggregator] = Aggregator) -> AsyncIterator[Aggregator]:
         wal = WriteAheadLog(wal_dir)
-        aggregator = Aggregator(self.redis, self.chats, self.windows, wal, self.index, self.keys, window_ms=window_ms,
+        aggregator = kind(self.redis, self.chats, self.windows, wal, self.index, self.keys, window_ms=window_ms,
                                 wal_max_bytes=wal_max_bytes, grace_ms=min(200, window_ms // 2), clock=clock)
         aggregator.recover(wal.open())
         consumer = PartitionedConsumer(self.redis, self.chats, CHAT_AGGREGATOR, f"{name}-{uuid.uuid4().hex[:6]}",
@@ -141,11 +142,11 @@ class Stage:
             before = got[0].seq
 
 
-async def until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> None:
+async def until(check: Callable[[], Any], what: str, timeout: float = 60.0, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(every)
 
 
 class WorkerProcess:

@@ -4,6 +4,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +29,20 @@ Pos = tuple[int, int]
 GRACE_MS = 2000  # a window closes this long after its end, for entries stamped a moment before it
 FILL_BATCH = 1000
 ROOM_WAIT = 1.0
+
+
+# 1 when the stream's entries from ARGV[1] to ARGV[2] are exactly the comma-separated ids of ARGV[3]:
+# a batch just delivered then need not be read a second time to rebuild its partition.
+_SAME_ENTRIES = """
+local found, pos = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2]), 1
+for _, entry in ipairs(found) do
+  local stop = string.find(ARGV[3], ',', pos, true) or #ARGV[3] + 1
+  if entry[1] ~= string.sub(ARGV[3], pos, stop - 1) then return 0 end
+  pos = stop + 1
+end
+if pos <= #ARGV[3] then return 0 end
+return 1
+"""
 
 
 class LogFull(Exception):
@@ -75,6 +90,7 @@ class Aggregator:
         self._rolled_at = clock()
         self._room = asyncio.Event()
         self._room.set()
+        self._same_entries = redis.register_script(_SAME_ENTRIES)
 
     def recover(self, records: list[Record]) -> None:
         """What the log held at start: each partition's records come back when it is taken."""
@@ -91,28 +107,46 @@ class Aggregator:
                 # Raised, the batch is retried with backoff, and a partition being left can go.
                 raise LogFull(f"{self._wal.size} bytes in the log wait for the archive") from None
         async with self._locks[partition]:
-            state = await self._ensure(partition, fence)
-            await self._take(partition, state, [(pos(i), i, raw) for i, raw in batch])
+            state = await self._ensure(partition, fence, batch)
+            await self._take(partition, state, batch)
+            # By time too: a partition that has caught up hands its window on now, not at the next tick.
+            await self._hand_due(partition, state, by_time=True)
 
-    async def _take(self, partition: int, state: _Partition, entries: list[tuple[Pos, str, bytes]]) -> None:
-        fresh = [entry for entry in entries if entry[0] > state.last]  # redelivered ones are held already
-        if not fresh:
+    async def _take(self, partition: int, state: _Partition, batch: list[tuple[str, bytes]]) -> None:
+        # Whole batches at a time: every chat message passes here, so nothing is done per entry
+        # that can be done once per batch (a batch is in stream order, and nearly always fresh).
+        positions = [(int(ms), int(seq)) for ms, _, seq in (i.partition("-") for i, _ in batch)]
+        if not positions:
             return
-        self._wal.append([(partition, p, raw) for p, _, raw in fresh])
+        if positions[0] <= state.last:  # redelivered ones are held already
+            fresh = [(p, entry) for p, entry in zip(positions, batch, strict=True) if p > state.last]
+            if not fresh:
+                return
+            positions, batch = [p for p, _ in fresh], [entry for _, entry in fresh]
+        raws = [raw for _, raw in batch]
+        self._wal.append(list(zip(repeat(partition), positions, raws)))
         await self._wal.sync()
-        for p, i, raw in fresh:
-            self._add(state, p, i, raw)
-        await self._hand_due(partition, state, by_time=False)
+        start = self._window_of(state, positions[0])
+        if start == self._window_of(state, positions[-1]):
+            state.windows.setdefault(start, []).extend(filter(None, raws))
+            state.lasts[start] = batch[-1][0]
+            state.last = positions[-1]
+        else:  # across a window's end
+            for p, (i, raw) in zip(positions, batch, strict=True):
+                self._add(state, p, i, raw)
+
+    def _window_of(self, state: _Partition, position: Pos) -> int:
+        return max(position[0] // self._window_ms * self._window_ms, state.floor)
 
     def _add(self, state: _Partition, position: Pos, entry: str, raw: bytes) -> None:
-        start = max(position[0] // self._window_ms * self._window_ms, state.floor)
+        start = self._window_of(state, position)
         messages = state.windows.setdefault(start, [])
         if raw:
             messages.append(raw)
         state.lasts[start] = entry
         state.last = position
 
-    async def _ensure(self, partition: int, fence: int) -> _Partition:
+    async def _ensure(self, partition: int, fence: int, batch: list[tuple[str, bytes]] | None = None) -> _Partition:
         state = self._parts.get(partition)
         if state is not None and state.fence == fence:
             return state
@@ -130,11 +164,22 @@ class Aggregator:
         # Only what the group has delivered already: whatever follows reaches this owner through its
         # own reads, and reading it here too would read it twice.
         while state.last < (delivered := await self._delivered(key)):
+            # Up to the batch being handled first: it was just delivered, and need not be read again.
+            before = batch is not None and len(batch) > 0 and state.last < pos(batch[0][0])
             found = cast(list[tuple[bytes, dict[bytes, bytes]]], await self._redis.xrange(
-                key, f"({entry_id(state.last)}", entry_id(delivered), count=FILL_BATCH))
-            if not found:
+                key, f"({entry_id(state.last)}", f"({batch[0][0]}" if batch and before else entry_id(delivered),
+                count=FILL_BATCH))
+            if found:
+                await self._take(partition, state, [(_text(i), decode_entry(f)) for i, f in found])
+            elif batch and before:
+                # All that precedes it is held: the batch follows, unless the stream has entries between its own.
+                ids = [i for i, _ in batch]
+                if await self._same_entries([key], [ids[0], ids[-1], ",".join(ids)]):
+                    await self._take(partition, state, batch)
+                batch = None
+            else:
                 break
-            await self._take(partition, state, [(pos(i), _text(i), decode_entry(f)) for i, f in found])
+            await self._hand_due(partition, state, by_time=False)
         # Only now: a state half rebuilt (Redis failed on the way) would miss what it did not reach.
         self._parts[partition] = state
         log.info("chat-aggregator: partition %d from %s, %d messages held", partition, base,

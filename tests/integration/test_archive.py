@@ -19,13 +19,14 @@ from domain.chat import ChatDeps, Membership, Message
 from infra.app import Runtime
 from infra.archive import PREFIX, S3ChatArchive, S3Objects
 from infra.broadcast import make_broadcast
-from infra.chat_log import CHAT_PUSHER, RedisChatBus, RedisChatLog
+from infra.chat_log import CHAT_AGGREGATOR, CHAT_PUSHER, RedisChatBus, RedisChatLog
 from infra.pg_chats import PgSequences
 from infra.redis_client import open_redis
 from infra.settings import Settings
 from infra.streams import trim
 from infra.wal import WriteAheadLog
 from tests.archiving import Stage, archive_s3, until
+from workers.aggregator import Aggregator, pos
 
 NOW = datetime(2026, 5, 1, 12, tzinfo=UTC)
 PARTITIONS = 4
@@ -246,3 +247,26 @@ async def _pending_none(stage: Stage) -> bool:
             if group["name"] == b"chat-aggregator" and (int(group["pending"]) or group.get("lag") not in (0, None)):
                 return False
     return True
+
+
+@pytest.mark.parametrize("acked_by_the_last_owner", [[], [2]])
+async def test_a_taken_partition_holds_every_entry_around_the_batch_it_is_handed_first(
+        stage: Stage, tmp_path: Path, acked_by_the_last_owner: list[int]) -> None:
+    key = stage.chats.key(0)
+    ids = [_text(await stage.redis.xadd(key, {"m": f"m{n}"})) for n in range(6)]
+    await stage.redis.xreadgroup(CHAT_AGGREGATOR, "last-owner", {key: ">"})
+    for n in acked_by_the_last_owner:  # applied by the last owner (in its own log), so never handed on again
+        await stage.redis.xack(key, CHAT_AGGREGATOR, ids[n])
+    wal = WriteAheadLog(tmp_path)
+    wal.open()
+    aggregator = Aggregator(stage.redis, stage.chats, stage.windows, wal, stage.index, stage.keys,
+                            window_ms=600_000, wal_max_bytes=1 << 30)
+    await aggregator(0, 1, [(i, f"m{n}".encode()) for n, i in enumerate(ids) if n not in acked_by_the_last_owner])
+    wal.close()
+    again = WriteAheadLog(tmp_path)
+    assert [(r.position, r.payload) for r in again.open()] == [(pos(i), f"m{n}".encode()) for n, i in enumerate(ids)]
+    again.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
