@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, suppress
+from functools import partial
+from typing import Any, Protocol
 
 from broadcaster import Broadcast, BroadcastBackend, Event
-from broadcaster._base import Subscriber
+from broadcaster._base import Subscriber, Unsubscribed
 from redis import asyncio as redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 PING_EVERY = 1.0  # seconds between PINGs on the pub/sub connection
 SILENCE_LIMIT = 3.0  # a connection silent this long (PINGs unanswered) counts as dead
+LOOP_SLACK = 0.25  # how late an empty read may end and still count whole: beyond, the loop was busy
 REPLY_TIMEOUT = 5.0  # connect, send, and wait for a SUBSCRIBE/UNSUBSCRIBE confirmation
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0  # reconnect delays, doubling
 
@@ -172,19 +174,27 @@ class _RedisBackend(BroadcastBackend):
 
     async def _read(self, pubsub: PubSub) -> None:
         # A killed server shows up at once as a read error; a silent one (stopped, network gone)
-        # only as PINGs without replies.
+        # only as PINGs without replies. Silence counts only waiting the loop was free to do: after
+        # a stall (a blocking call elsewhere in the process) the reply is usually waiting in the
+        # buffer, and the time the loop spent elsewhere says nothing about Redis.
         clock = asyncio.get_running_loop().time
-        heard = pinged = clock()
+        silent, pinged = 0.0, clock()
         while True:
             if clock() - pinged >= PING_EVERY:
                 await pubsub.ping()
                 pinged = clock()
+            started = clock()
             message = await pubsub.get_message(timeout=PING_EVERY)
+            if message is None:
+                # A read timeout that falls due in the same turn of the loop as the reply wins over
+                # it (as after a stall): look at what arrived, without waiting.
+                message = await pubsub.get_message(timeout=0)
             if message is not None:
-                heard = clock()
+                silent = 0.0
                 self._dispatch(message)
-            # Judged only after an empty read, so a stalled event loop is not mistaken for Redis.
-            elif clock() - heard > SILENCE_LIMIT:
+                continue
+            silent += min(clock() - started, PING_EVERY + LOOP_SLACK)
+            if silent > SILENCE_LIMIT:
                 raise RedisTimeoutError(f"no reply from Redis in {SILENCE_LIMIT} s")
 
     def _dispatch(self, message: dict[str, Any]) -> None:
@@ -261,15 +271,114 @@ class _ClusterBackend(BroadcastBackend):
             return self._nodes[node.name]
 
 
+INBOX_LIMIT = 1000  # events a subscriber may fall behind by before it is told it missed some
+
+
+class _Inbox:
+    """A subscriber's unread events: a list and at most one waiter, a fraction of an asyncio.Queue
+    (four deques, each a block of 64 slots even when empty; held once per open subscription,
+    thousands per process). One too far behind loses its backlog for a _LOST: it resumes from its
+    cursor, as after a dropped connection, instead of growing."""
+
+    __slots__ = ("_events", "_waiter")
+
+    def __init__(self) -> None:
+        self._events: list[Event | None] = []  # short: popping the front costs nothing that matters
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, event: Event | None) -> None:
+        if len(self._events) >= INBOX_LIMIT:
+            self._events.clear()
+            event = _LOST
+        self._events.append(event)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Event | None:
+        while not self._events:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._events.pop(0)
+
+
 class _Subscriber(Subscriber):
+    def __init__(self, inbox: _Inbox) -> None:
+        self._inbox = inbox  # in place of upstream's asyncio.Queue
+
+    # Its own iterator, where upstream's is an async generator: frames less per subscription.
+    def __aiter__(self) -> _Subscriber:  # type: ignore[override]
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self._inbox.get()
+        if event is None:
+            raise StopAsyncIteration
+        return _checked(event)
+
     async def get(self) -> Event:
-        event = await super().get()
+        event = await self._inbox.get()
+        if event is None:
+            raise Unsubscribed()
+        return _checked(event)
+
+
+def _checked(event: Event) -> Event:
+    if event is _LOST:
+        raise BroadcastConnectionLost("Redis connection lost; events may have been missed")
+    return event
+
+
+class _Subscription:
+    """broadcast.subscribe(channel), as a class rather than a generator: nothing suspended to hold
+    while it lasts."""
+
+    __slots__ = ("_broadcast", "_channel", "_inbox")
+
+    def __init__(self, broadcast: _Broadcast, channel: str) -> None:
+        self._broadcast, self._channel, self._inbox = broadcast, channel, _Inbox()
+
+    async def __aenter__(self) -> Subscriber:
+        await self._broadcast.attach(self._channel, self._inbox)
+        return _Subscriber(self._inbox)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._inbox.put_nowait(None)  # as upstream: ends any other reader of this subscriber
+        await self._broadcast.detach(self._channel, self._inbox)
+
+
+class _Callback:
+    """Delivers to a function, on the listener's turn: no task or queue per listener. None tells
+    it events may have been missed."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Callable[[Event | None], None]) -> None:
+        self._call = call
+
+    def put_nowait(self, event: Event | None) -> None:
         if event is _LOST:
-            raise BroadcastConnectionLost("Redis connection lost; events may have been missed")
-        return event
+            self._call(None)
+        elif event is not None:
+            self._call(event)
+
+
+class _Sink(Protocol):
+    def put_nowait(self, event: Event | None) -> None: ...
+
+
+def _deliver(sink: _Sink, event: Event) -> None:
+    try:
+        sink.put_nowait(event)
+    except Exception:  # one listener's bug must not silence the others
+        log.exception("a broadcast listener failed on %r", event.channel)
 
 
 class _Broadcast(Broadcast):
+    _subscribers: dict[str, set[_Sink]]  # type: ignore[assignment]
+
     async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
         if isinstance(self._backend, _RedisBackend | _ClusterBackend):
             await self._backend.publish_many(messages)
@@ -284,29 +393,38 @@ class _Broadcast(Broadcast):
             except BroadcastConnectionLost:
                 # Any subscriber may have missed events, whatever its channel. Those that stay
                 # subscribed get events again once the backend has reconnected.
-                for queues in self._subscribers.values():
-                    for queue in queues:
-                        queue.put_nowait(_LOST)
+                for sinks in list(self._subscribers.values()):
+                    for sink in list(sinks):
+                        _deliver(sink, _LOST)
                 continue
-            for queue in self._subscribers.get(event.channel, ()):
-                queue.put_nowait(event)
+            for sink in list(self._subscribers.get(event.channel, ())):
+                _deliver(sink, event)
 
     # Upstream registers the queue only after awaiting the backend, so two concurrent first
     # subscribers overwrite each other; here the backend counts and the bookkeeping never awaits.
-    @asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[Subscriber]:
+    async def attach(self, channel: str, sink: _Sink) -> None:
         await self._backend.subscribe(channel)
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._subscribers.setdefault(channel, set()).add(queue)
-        try:
-            yield _Subscriber(queue)
-        finally:
-            queues = self._subscribers[channel]
-            queues.discard(queue)
-            if not queues:
-                del self._subscribers[channel]
-            queue.put_nowait(None)  # as upstream: ends any other reader of this subscriber
-            await self._backend.unsubscribe(channel)
+        self._subscribers.setdefault(channel, set()).add(sink)
+
+    async def detach(self, channel: str, sink: _Sink) -> None:
+        sinks = self._subscribers[channel]
+        sinks.discard(sink)
+        if not sinks:
+            del self._subscribers[channel]
+        await self._backend.unsubscribe(channel)
+
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[Subscriber]:  # type: ignore[override]
+        return _Subscription(self, channel)
+
+
+async def listen(broadcast: Broadcast, channel: str, call: Callable[[Event | None], None]
+                 ) -> Callable[[], Awaitable[None]]:
+    """Calls call(event) for each event on channel as the listener receives it, call(None) when
+    events may have been missed; returns what stops it. For what thousands listen to at once."""
+    assert isinstance(broadcast, _Broadcast), "listening needs make_broadcast's broadcast"
+    sink = _Callback(call)
+    await broadcast.attach(channel, sink)
+    return partial(broadcast.detach, channel, sink)
 
 
 def make_broadcast(redis_url: str) -> Broadcast:

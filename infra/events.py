@@ -1,10 +1,10 @@
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 
-from broadcaster import Broadcast
+from broadcaster import Broadcast, Event
 from redis.exceptions import RedisError
 
 from domain.errors import Code, DomainError
@@ -17,7 +17,7 @@ from domain.events import (
     SessionsEnded,
     UserEvent,
 )
-from infra.broadcast import BroadcastConnectionLost
+from infra.broadcast import BroadcastConnectionLost, listen
 from infra.chat_codec import decode_message, encode_message
 
 
@@ -100,6 +100,20 @@ class UserChannels:
                 # Redis away while subscribing: the same answer as losing it later, never "bad input".
                 raise DomainError(Code.UNAVAILABLE, "Live events are unavailable just now; subscribe again") from None
             yield self._events(subscriber)
+
+    async def watch(self, user_id: uuid.UUID, on_event: Callable[[UserEvent | None], None]
+                    ) -> Callable[[], Awaitable[None]]:
+        """on_event for each of the user's events as it arrives, on_event(None) when some may have been
+        missed; returns what stops it. No task or queue of its own: for what every socket watches."""
+        def deliver(message: Event | None) -> None:
+            event = None if message is None else decode(message.message)
+            if message is None or event is not None:
+                on_event(event)
+
+        try:
+            return await listen(self._broadcast, self.channel(user_id), deliver)
+        except (RedisError, OSError):
+            raise DomainError(Code.UNAVAILABLE, "Live events are unavailable just now; subscribe again") from None
 
     @staticmethod
     async def _events(subscriber: object) -> AsyncIterator[UserEvent]:

@@ -2,12 +2,15 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from cross_web import HTTPException
+from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -19,11 +22,13 @@ from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET
 
 from domain.errors import Code, DomainError
-from domain.events import SessionsEnded
+from domain.events import SessionsEnded, UserEvent
 from domain.model import Principal
 from domain.text import has_lone_surrogate
 from infra.metrics import HTTP_REJECTIONS, WEBSOCKETS
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 CLOSE_UNAUTHORIZED = 4401  # graphql-ws clients treat 4401 as final: refresh, then reconnect
 CLOSE_TRY_AGAIN = 1012  # "service restart": clients reconnect and resume from their cursor
+SWEEP_SECONDS = 1.0  # how often sockets are checked for a session that has lapsed
 
 
 class HttpError(Exception):
@@ -176,11 +182,19 @@ class _Socket(ASGIWebSocketAdapter):
             await super().close(code, reason)
 
 
+class _TransportWS(BaseGraphQLTransportWSHandler[Context, None]):
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        # Cancelled by now; kept, it would hold its exception, traceback and frames as long as the socket.
+        self.connection_init_timeout_task = None
+
+
 class GraphQLApp(GraphQL[Context, None]):
     """strawberry's ASGI app, stricter at the edges: bounded bodies, errors with codes on every path,
     the graphql-response+json media type, authenticated sockets that close when their session ends."""
 
     websocket_adapter_class = _Socket  # type: ignore[assignment]
+    graphql_transport_ws_handler_class = _TransportWS
 
     def __init__(
         self, schema: BaseSchema, ports: Callable[[], Ports], *, production: bool, max_body_bytes: int,
@@ -196,7 +210,8 @@ class GraphQLApp(GraphQL[Context, None]):
         self._max_body = max_body_bytes
         self._init_timeout = init_timeout_seconds
         self._body_timeout = body_timeout_seconds
-        self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._sessions = _Sessions(ports)
+        self._deadlines: dict[int, asyncio.TimerHandle] = {}  # sockets not yet signed in
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -336,6 +351,7 @@ class GraphQLApp(GraphQL[Context, None]):
         params = context.connection_params or {}
         raw = params.get("Authorization") or params.get("authorization") or params.get("token")
         context.bearer = bearer_token(raw) if isinstance(raw, str) else None
+        context.connection_params = None  # read once: the socket need not hold the token for its life
         principal = await context.authenticate()
         ws = context.transport
         if principal is None and getattr(context.auth_error, "code", None) is Code.UNAVAILABLE:
@@ -355,49 +371,104 @@ class GraphQLApp(GraphQL[Context, None]):
             # with the same token; 4401 is final for them, and the reason says whether a refresh helps.
             await self._close(ws, CLOSE_UNAUTHORIZED, reason)
             raise ConnectionRejectionError(payload)
-        self._watchers[id(ws)] = watcher = asyncio.create_task(self._watch_session(ws, principal))
-        # Online while the socket lives: its watcher ends (or is cancelled) exactly when it closes.
-        presence = self._ports().presence
-        presence.connected(principal.user_id)
-        watcher.add_done_callback(lambda _: presence.disconnected(principal.user_id))
+        try:
+            await self._sessions.watch(ws, principal)
+        except DomainError:
+            # Without pub/sub this socket would not hear of a revocation: better closed than deaf.
+            await self._close(ws, CLOSE_TRY_AGAIN, "Live events are unavailable; reconnect")
+            raise ConnectionRejectionError({"code": Code.UNAVAILABLE.value}) from None
+        deadline = self._deadlines.pop(id(ws), None)
+        if deadline is not None:
+            deadline.cancel()
         return None
 
     async def _serve_websocket(self, ws: WebSocket) -> None:
         WEBSOCKETS.inc()
         # The legacy graphql-ws protocol has no init deadline of its own: an unauthenticated
         # socket must not be able to sit here forever.
-        deadline = asyncio.get_running_loop().call_later(self._init_timeout, self._close_if_anonymous, ws)
+        self._deadlines[id(ws)] = asyncio.get_running_loop().call_later(
+            self._init_timeout, self._close_if_anonymous, ws)
         try:
             await self.run(ws)
         finally:
-            deadline.cancel()
+            deadline = self._deadlines.pop(id(ws), None)
+            if deadline is not None:
+                deadline.cancel()
             WEBSOCKETS.dec()
-            watcher = self._watchers.pop(id(ws), None)
-            if watcher is not None:
-                watcher.cancel()
+            await self._sessions.forget(ws)
 
     def _close_if_anonymous(self, ws: WebSocket) -> None:
-        if id(ws) not in self._watchers:
-            self._watchers[id(ws)] = asyncio.create_task(self._close(ws, 4408, "Connection initialisation timeout"))
+        if self._deadlines.pop(id(ws), None) is not None:
+            _close_soon(ws, 4408, "Connection initialisation timeout")
 
     @staticmethod
     async def _close(ws: WebSocket, code: int, reason: str) -> None:
         with suppress(RuntimeError, OSError):
             await ws.close(code, reason)
 
-    async def _watch_session(self, ws: WebSocket, principal: Principal) -> None:
-        ports = self._ports()
+
+_closing: set[asyncio.Task[None]] = set()  # held until done: the loop keeps only weak references
+
+
+def _close_soon(ws: WebSocket, code: int, reason: str) -> None:
+    task = asyncio.create_task(GraphQLApp._close(ws, code, reason))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+@dataclass(eq=False, slots=True)
+class _Watched:
+    ws: WebSocket
+    principal: Principal
+    expires: float  # loop time at which the session lapses
+    stop: Callable[[], Awaitable[None]] | None = None
+    ending: bool = False
+
+
+class _Sessions:
+    """Per process, every signed-in socket, closed when its session ends (revoked, or lapsed): one
+    listener per socket on its person's channel and one sweep for all, rather than a task, a queue
+    and a timer per socket."""
+
+    def __init__(self, ports: Callable[[], Ports]) -> None:
+        self._ports = ports
+        self._sockets: dict[int, _Watched] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+
+    async def watch(self, ws: WebSocket, principal: Principal) -> None:
+        loop, ports = asyncio.get_running_loop(), self._ports()
         ttl = (principal.session_expires_at - ports.clock()).total_seconds()
-        # The reason is a code clients switch on, as at connection_init.
-        code, reason = CLOSE_UNAUTHORIZED, "SESSION_ENDED"
-        try:
-            async with asyncio.timeout(max(ttl, 0)), ports.user_events.subscribe(principal.user_id) as events:
-                async for event in events:
-                    if isinstance(event, SessionsEnded) and event.covers(principal.session_id):
-                        break
-        except TimeoutError:
-            pass
-        except DomainError:
-            # Without pub/sub this socket would not hear of a revocation: better closed than deaf.
-            code, reason = CLOSE_TRY_AGAIN, "Live events interrupted; reconnect"
-        await self._close(ws, code, reason)
+        watched = _Watched(ws, principal, loop.time() + max(ttl, 0))
+        watched.stop = await ports.user_events.watch(principal.user_id, partial(self._heard, watched))
+        self._sockets[id(ws)] = watched
+        ports.presence.connected(principal.user_id)  # online until forget()
+        if self._sweep is None:
+            self._sweep = loop.call_later(SWEEP_SECONDS, self._expire)
+
+    async def forget(self, ws: WebSocket) -> None:
+        watched = self._sockets.pop(id(ws), None)
+        if watched is None:
+            return
+        self._ports().presence.disconnected(watched.principal.user_id)
+        if watched.stop is not None:
+            with suppress(RedisError, OSError):  # the subscription dies with a lost connection anyway
+                await watched.stop()
+
+    def _heard(self, watched: _Watched, event: UserEvent | None) -> None:
+        if event is None:
+            # The connection to Redis dropped: a revocation may have been missed meanwhile.
+            self._end(watched, CLOSE_TRY_AGAIN, "Live events interrupted; reconnect")
+        elif isinstance(event, SessionsEnded) and event.covers(watched.principal.session_id):
+            # The reason is a code clients switch on, as at connection_init.
+            self._end(watched, CLOSE_UNAUTHORIZED, "SESSION_ENDED")
+
+    def _end(self, watched: _Watched, code: int, reason: str) -> None:
+        if not watched.ending and self._sockets.get(id(watched.ws)) is watched:
+            watched.ending = True
+            _close_soon(watched.ws, code, reason)
+
+    def _expire(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for watched in [w for w in self._sockets.values() if w.expires <= now]:
+            self._end(watched, CLOSE_UNAUTHORIZED, "SESSION_ENDED")
+        self._sweep = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._expire) if self._sockets else None

@@ -1,6 +1,6 @@
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +26,10 @@ from domain.swipes import SwipeDeps
 
 class UserEventStream(Protocol):
     def subscribe(self, user_id: uuid.UUID) -> AbstractAsyncContextManager[AsyncIterator[UserEvent]]: ...
+
+    # Calls on_event(None) when events may have been missed; the result stops it.
+    async def watch(self, user_id: uuid.UUID, on_event: Callable[[UserEvent | None], None]
+                    ) -> Callable[[], Awaitable[None]]: ...
 
 
 def utcnow() -> datetime:

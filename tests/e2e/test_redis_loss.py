@@ -4,8 +4,10 @@ import json
 import time
 from pathlib import Path
 
+import psutil
 import websockets
 
+from infra.broadcast import SILENCE_LIMIT
 from infra.settings import Settings
 from tests.e2e.conftest import gql, running_server, sign_up, ws_url
 from tests.private_redis import PrivateRedis
@@ -71,3 +73,32 @@ async def test_signed_in_requests_answer_unavailable_while_redis_is_away(
             assert body["errors"][0]["extensions"]["code"] == "UNAVAILABLE", body
             await asyncio.sleep(0.1)
         assert body["data"]["me"]["id"] == account.id
+
+
+async def test_a_stalled_server_keeps_its_subscribers(settings: Settings, migrated: None, tmp_path: Path) -> None:
+    # A process that could not run for longer than Redis may stay silent (a blocking call, a busy
+    # loop, a pause) has not lost Redis, which answered meanwhile: its sockets stay open and hear.
+    with running_server(settings, tmp_path) as base:
+        port = base.rsplit(":", 1)[1]
+        server = next(p for p in psutil.Process().children(recursive=True) if port in p.cmdline())
+        account = await sign_up(base)
+        protocol = websockets.Subprotocol("graphql-transport-ws")
+        async with websockets.connect(ws_url(base), subprotocols=[protocol]) as ws:
+            await ws.send(json.dumps({"type": "connection_init",
+                                      "payload": {"Authorization": f"Bearer {account.access_token}"}}))
+            assert json.loads(await ws.recv())["type"] == "connection_ack"
+            await ws.send(json.dumps({"type": "subscribe", "id": "1",
+                                      "payload": {"query": "subscription { myEvents { __typename } }"}}))
+            await asyncio.sleep(2)  # subscribed, and a few PINGs answered
+            server.suspend()
+            try:
+                await asyncio.sleep(SILENCE_LIMIT + 1)
+            finally:
+                server.resume()
+            await asyncio.sleep(2)  # the reader's turns after the stall
+            body = await gql(base, 'mutation { updateProfile(input: {bio: "still here"}) { __typename } }', {},
+                             account.access_token)
+            assert body["data"]["updateProfile"]["__typename"] == "Me", body
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert frame["type"] == "next", frame
+            assert frame["payload"]["data"]["myEvents"]["__typename"] == "ProfileChanged", frame

@@ -2,6 +2,7 @@ import asyncio
 import secrets
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from redis import asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from infra.broadcast import BroadcastConnectionLost, make_broadcast
+from infra.broadcast import INBOX_LIMIT, PING_EVERY, SILENCE_LIMIT, BroadcastConnectionLost, make_broadcast
 from infra.redis_client import is_cluster_url, node_url
 from tests.private_redis import PrivateRedis
 from tests.services import TestServices
@@ -176,3 +177,34 @@ async def test_silent_redis_is_reported_by_ping(private_redis: PrivateRedis, pre
         await _subscribe_once_back(broadcast, prefix + "probe", stack)
         await broadcast.publish(channel, "awake")
         assert (await asyncio.wait_for(sub.get(), WAIT)).message == "awake"
+
+
+async def test_stalled_event_loop_is_not_taken_for_silent_redis(broadcast: Broadcast, prefix: str) -> None:
+    # A busy process (here one blocking call) stops reading for longer than Redis may stay silent;
+    # Redis answered meanwhile, so its subscribers must stay open and keep hearing.
+    channel = prefix + "stall"
+    async with broadcast.subscribe(channel) as sub:
+        await asyncio.sleep(2.5 * PING_EVERY)  # a few PINGs answered: the reader is in its steady state
+        time.sleep(SILENCE_LIMIT + 1)  # noqa: ASYNC251 - the stall is the point
+        await asyncio.sleep(2 * PING_EVERY)  # the reader's turns after the stall
+        await broadcast.publish(channel, "still here")
+        assert (await asyncio.wait_for(sub.get(), WAIT)).message == "still here"
+
+
+async def test_a_subscriber_too_far_behind_is_told_it_missed_events(broadcast: Broadcast, prefix: str) -> None:
+    # Bounded, but never silently: the backlog goes and the subscriber hears of the gap, as after a
+    # dropped connection, then gets what comes next.
+    channel = prefix + "behind"
+    async with broadcast.subscribe(channel) as sub:
+        messages = [(channel, f"m{i}") for i in range(INBOX_LIMIT)]
+        await broadcast.publish_many(messages)  # type: ignore[attr-defined]
+        for _, message in messages:  # up to the bound, nothing is lost
+            assert (await asyncio.wait_for(sub.get(), WAIT)).message == message
+        await broadcast.publish_many([*messages, (channel, "one too many")])  # type: ignore[attr-defined]
+        await asyncio.sleep(0.5)  # all of them arrive, unread
+        with pytest.raises(BroadcastConnectionLost):
+            async with asyncio.timeout(WAIT):
+                while (await sub.get()).message != "one too many":
+                    pass
+        await broadcast.publish(channel, "next")
+        assert (await asyncio.wait_for(sub.get(), WAIT)).message == "next"
