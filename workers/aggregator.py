@@ -312,7 +312,7 @@ async def main(settings: Settings) -> None:
             consumer_id = new_consumer_id()
             consumer = PartitionedConsumer(redis, chats, CHAT_AGGREGATOR, consumer_id, decode_entry, aggregator,
                                            PgFences(pool, chats.scope), batch_size=1000,
-                                           lease_seconds=settings.stream_lease_seconds, block_ms=200)
+                                           lease_seconds=settings.stream_lease_seconds)
             ticking = asyncio.create_task(_ticking(aggregator, consumer, stop, min(1.0, window_ms / 4000)))
             try:
                 await consumer.run(stop=stop)
