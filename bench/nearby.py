@@ -49,7 +49,7 @@ from domain.ids import new_id
 from domain.model import Gender, Principal
 from infra import population
 from infra.app import open_runtime
-from infra.buckets import RedisBuckets
+from infra.buckets import RedisBuckets, RedisCandidateLists
 from infra.db import migrate, open_pool
 from infra.population import cumulative, offset
 from infra.redis_client import open_redis
@@ -486,6 +486,18 @@ async def breakdown(settings: Settings, viewers: list[uuid.UUID], positions: lis
                     await nearby_module.nearby(deps, viewer, PAGE, cursor, nearby_module.Filter(), datetime.now(UTC))
                     nexts.append(time.perf_counter() - started)
             next_spans = spans.take()
+            # The same following pages from a process that did not save the lists (another API
+            # process behind the load balancer): the list is read from Redis.
+            elsewhere = replace(deps, lists=RedisCandidateLists(runtime.redis, settings.redis_prefix))
+            spans.wrap(elsewhere.lists, "read", "redis_read_list")
+            others = []
+            for viewer, cursor in zip(viewers, cursors, strict=True):
+                if cursor is not None:
+                    started = time.perf_counter()
+                    await nearby_module.nearby(elsewhere, viewer, PAGE, cursor, nearby_module.Filter(),
+                                               datetime.now(UTC))
+                    others.append(time.perf_counter() - started)
+            other_spans = spans.take()
             # Again for a few of them, each with every cache of this process emptied first: decoded
             # buckets, cell centres, covers, cell-to-cell bands (connections stay open).
             colds = []
@@ -504,6 +516,8 @@ async def breakdown(settings: Settings, viewers: list[uuid.UUID], positions: lis
         "first_page_p50_ms": ms(statistics.median(firsts[1:] or firsts)), "first_page_cold_process_ms": ms(firsts[0]),
         "first_page_rank_cold_process_ms": ms(ranking[0]), "first_page_spans_p50_ms": first_spans,
         "next_page_p50_ms": ms(statistics.median(nexts)) if nexts else None, "next_page_spans_p50_ms": next_spans,
+        "next_page_other_process_p50_ms": ms(statistics.median(others)) if others else None,
+        "next_page_other_process_spans_p50_ms": other_spans,
         "first_page_cold_caches_p50_ms": ms(statistics.median(colds)),
         "first_page_cold_caches_spans_p50_ms": cold_spans,
         "samples": len(firsts),

@@ -2,7 +2,8 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from functools import lru_cache
 
@@ -221,10 +222,23 @@ def decode_list(head: bytes, body: bytes) -> tuple[list[Ranked], int] | None:
     return found, total
 
 
+# A list never changes once saved, so the process that saved it also keeps it, and serves the later
+# pages it is asked for from memory: a client pages on over the connection it has (one process), and
+# such a page then waits only on the checks of who is left out. Kept no longer than Redis keeps the
+# list (the deadline is taken before the SET), within a byte budget, the least recently read going
+# first; any other process, or a list pushed out, reads Redis as before.
+KEPT_LIST_BYTES = 32 << 20  # per process: some 500 lists of a dense city (about 60 KB each)
+
+
 class RedisCandidateLists:
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str, *, kept_bytes: int = KEPT_LIST_BYTES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._kept: OrderedDict[tuple[uuid.UUID, str], tuple[float, bytes]] = OrderedDict()  # deadline, list
+        self._kept_bytes = 0
+        self._budget = kept_bytes
+        self._clock = clock
 
     def _key(self, viewer: uuid.UUID, list_id: str) -> str:
         # The viewer's hash tag: their lists live beside their other keys, and nobody else's cursor
@@ -232,12 +246,41 @@ class RedisCandidateLists:
         return f"{self._prefix}{{u:{viewer}}}:nearby:v2:{list_id}"
 
     async def save(self, viewer: uuid.UUID, list_id: str, entries: Sequence[Ranked], ttl: timedelta) -> None:
-        await self._redis.set(self._key(viewer, list_id), encode_list(entries), px=int(ttl.total_seconds() * 1000))
+        blob = encode_list(entries)
+        deadline = self._clock() + ttl.total_seconds()
+        await self._redis.set(self._key(viewer, list_id), blob, px=int(ttl.total_seconds() * 1000))
+        self._keep((viewer, list_id), deadline, blob)
+
+    def _keep(self, key: tuple[uuid.UUID, str], deadline: float, blob: bytes) -> None:
+        earlier = self._kept.pop(key, None)
+        if earlier is not None:
+            self._kept_bytes -= len(earlier[1])
+        if len(blob) > self._budget:
+            return
+        self._kept[key] = (deadline, blob)
+        self._kept_bytes += len(blob)
+        while self._kept_bytes > self._budget:
+            _, (_, dropped) = self._kept.popitem(last=False)
+            self._kept_bytes -= len(dropped)
+
+    def _kept_list(self, key: tuple[uuid.UUID, str]) -> bytes | None:
+        kept = self._kept.get(key)
+        if kept is None:
+            return None
+        if kept[0] <= self._clock():
+            del self._kept[key]
+            self._kept_bytes -= len(kept[1])
+            return None
+        self._kept.move_to_end(key)
+        return kept[1]
 
     async def read(self, viewer: uuid.UUID, list_id: str, start: int, count: int
                    ) -> tuple[list[Ranked], int] | None:
-        key = self._key(viewer, list_id)
         first = _HEAD + start * _RECORD
+        blob = self._kept_list((viewer, list_id))
+        if blob is not None:
+            return decode_list(blob[:_HEAD], blob[first:first + count * _RECORD])
+        key = self._key(viewer, list_id)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.getrange(key, 0, _HEAD - 1)
             pipe.getrange(key, first, first + count * _RECORD - 1)
