@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from infra.settings import ConfigError, Settings
 
@@ -18,6 +19,14 @@ def _setup_logging() -> None:
         level=os.environ.get("LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
+
+
+# Written by `newfriends dev` in its data directory: where each of its workers serves metrics.
+WORKER_METRICS = "worker-metrics"
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("NEWFRIENDS_DATA_DIR", ".data"))
 
 
 def _settings() -> Settings:
@@ -102,8 +111,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the summary
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
     url = args.url or f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+    metrics = args.metrics_url
+    if not metrics and not args.url:  # `make run` here: its workers' exporters, as it lists them
+        listed = _data_dir() / WORKER_METRICS
+        metrics = listed.read_text().split() if listed.exists() else []
     options = Options(url=url, users=args.users, seconds=seconds, rate=args.rate, seed=args.seed,
-                      drain_seconds=args.drain_seconds, metrics_urls=tuple(args.metrics_url))
+                      drain_seconds=args.drain_seconds, metrics_urls=tuple(metrics))
     try:
         summary = asyncio.run(simulate(options))
     except ApiError as exc:
@@ -164,6 +177,15 @@ def _supervise(settings: Settings, env: dict[str, str]) -> int:
     if env.get("NEWFRIENDS_DEMO", "1") != "0":
         subprocess.run([*exe, "demo", "--if-empty"], env=env, check=False)
     commands = {"api": [*exe, "serve"], **{f"worker:{n}": [*exe, "worker", n] for n in sorted(registry())}}
+    envs = {name: env for name in commands}
+    if not env.get("METRICS_PORT"):
+        # Each worker's metrics on a port of its own, listed where `newfriends simulate` looks.
+        from infra.devstack import free_port
+
+        ports = {name: free_port() for name in commands if name.startswith("worker:")}
+        envs |= {name: {**env, "METRICS_PORT": str(port)} for name, port in ports.items()}
+        (settings.data_dir / WORKER_METRICS).write_text(
+            "".join(f"http://127.0.0.1:{port}/metrics\n" for port in ports.values()))
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -172,7 +194,7 @@ def _supervise(settings: Settings, env: dict[str, str]) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    children = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
+    children = {name: subprocess.Popen(cmd, env=envs[name]) for name, cmd in commands.items()}
     url = f"http://{settings.host}:{settings.port}/graphql"
     print("\n  newfriends is starting (Ctrl-C stops everything)\n", flush=True)
     announced = False
@@ -190,7 +212,7 @@ def _supervise(settings: Settings, env: dict[str, str]) -> int:
                     continue
                 log.warning("%s exited with %s; restarting", name, child.returncode)
                 restarts[name] = time.monotonic()
-                children[name] = subprocess.Popen(commands[name], env=env)
+                children[name] = subprocess.Popen(commands[name], env=envs[name])
     for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)

@@ -2,10 +2,12 @@ import logging
 
 import asyncpg
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 
 from infra.archive import ARCHIVE_WRITER, S3Objects, Window, decode_window, windows_spec
 from infra.chat_log import CHAT_AGGREGATOR, chats_spec
 from infra.db import open_pool
+from infra.metrics import REGISTRY
 from infra.pg_archive import PgArchiveIndex
 from infra.pg_fences import PgFences
 from infra.photo_store import s3_client
@@ -15,6 +17,9 @@ from infra.streams import PartitionedConsumer, StreamSpec, ensure_groups, next_i
 from workers import new_consumer_id, stop_on_signals
 
 log = logging.getLogger(__name__)
+
+OBJECTS = Counter("archive_objects_written", "Window objects committed to the archive (S3 and index)",
+                  registry=REGISTRY)
 
 
 class ArchiveWriter:
@@ -42,6 +47,8 @@ class ArchiveWriter:
             written = await self._index.commit(conn, partition, window.prev, window.start, window.last,
                                                window.segments, CHAT_AGGREGATOR, window.fence)
         if written:
+            if window.segments:
+                OBJECTS.inc()
             await self._redis.set(self._chats.hold_key(partition, CHAT_AGGREGATOR), next_id(window.last))
         else:
             log.info("archive-writer: window %s of partition %d superseded; skipped", window.key, partition)

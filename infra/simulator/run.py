@@ -22,6 +22,7 @@ RUN_PREFIX = "sim"
 LAG_TICK_S = 0.1
 PLACED_WITHIN_S = 60.0
 DRAIN_MOST = 8  # times --drain-seconds: however slowly things still arrive, the run ends
+ARCHIVE_METRIC = "archive_objects_written"  # the archive writer's counter (workers/archive_writer.py)
 PLACED_PAGE = 100
 PLACED = f"query SimPlaced {{ nearbyCandidates(first: {PLACED_PAGE}) {{ edges {{ cursor }} }} }}"
 
@@ -120,7 +121,7 @@ class Simulator:
             except (httpx.HTTPError, ValueError):
                 continue  # a worker without an exporter, or not one that speaks Prometheus
             for family in families:
-                if "archive" in family.name and "object" in family.name:
+                if family.name == ARCHIVE_METRIC:
                     found = True
                     total += sum(s.value for s in family.samples if not s.name.endswith("_created"))
         return total if found else None

@@ -1,3 +1,4 @@
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import psutil
 
 from infra.devstack import free_port
 from tests.e2e.conftest import gql, sign_up
+from workers import registry
 
 LOG_IN = ('mutation($e: String!, $p: String!) { logIn(email: $e, password: $p) {'
           ' __typename ... on AuthPayload { me { id } } } }')
@@ -65,6 +67,18 @@ def _processes_using(path: Path) -> list[str]:
     return found
 
 
+async def _scrape(url: str) -> str:
+    deadline = time.monotonic() + 30  # a worker serves its metrics a moment after it starts
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            try:
+                return (await client.get(url)).text
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
 async def test_make_run_keeps_accounts_across_restarts(tmp_path: Path) -> None:
     data_dir, port = tmp_path / "state", free_port()
     with dev_stack(data_dir, port) as base:
@@ -73,4 +87,9 @@ async def test_make_run_keeps_accounts_across_restarts(tmp_path: Path) -> None:
     with dev_stack(data_dir, port) as base:
         login = (await gql(base, LOG_IN, {"e": account.email, "p": account.password}))["data"]["logIn"]
         assert login["me"]["id"] == account.id
+        # Every worker's metrics, where `newfriends simulate` finds them; the archive writer's among them.
+        exporters = (data_dir / "worker-metrics").read_text().split()
+        assert len(exporters) == len(registry())
+        pages = [await _scrape(url) for url in exporters]
+        assert all("archive_objects_written_total" in page for page in pages)  # all share one registry
     assert _processes_using(data_dir) == []

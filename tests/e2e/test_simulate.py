@@ -44,4 +44,5 @@ async def test_twenty_people_for_fifteen_seconds_lose_and_repeat_nothing(
     assert summary.lost == summary.duplicated == summary.out_of_order == 0, report
     assert not summary.unheard_matches, report
     assert summary.unexpected_errors == 0, report
+    assert summary.archived is not None, report  # the archive writer's counter was found
     assert summary.ok, report
