@@ -78,9 +78,10 @@ def quota_refused(kind: str, wait_seconds: int) -> LimitReached:
 
 
 class Relations(Protocol):
-    # Whether either blocked the other, and the viewer's written swipe on them: one lookup, both
-    # tables keyed by the viewer.
-    async def swipe_state(self, user_id: uuid.UUID, other_id: uuid.UUID) -> tuple[bool, Swipe | None]: ...
+    # The person to swipe (None if there is none), whether either blocked the other, and the viewer's
+    # written swipe on them: one lookup, the relation tables keyed by the viewer.
+    async def swipe_state(self, user_id: uuid.UUID, other_id: uuid.UUID
+                          ) -> tuple[User | None, bool, Swipe | None]: ...
     async def swipes(self, user_id: uuid.UUID, targets: list[uuid.UUID]) -> dict[uuid.UUID, Swipe]: ...
     async def blocked_either_way(self, user_id: uuid.UUID, other_id: uuid.UUID) -> bool: ...
     async def matched(self, user_id: uuid.UUID, other_id: uuid.UUID) -> bool: ...
@@ -139,14 +140,11 @@ async def already_swiped(deps: SwipeDeps, user_id: uuid.UUID, targets: list[uuid
 
 async def swipe(deps: SwipeDeps, user_id: uuid.UUID, raw_target: str, direction: Direction, super_like: bool,
                 now: datetime) -> tuple[Swipe, User]:
-    # Three round trips in all, for the most frequent write of the product: the person, the relation
-    # (blocks and a written swipe, in one lookup), then one atomic step in the queue.
+    # Two round trips in all, for the most frequent write of the product: the person with the
+    # relation (blocks and a written swipe) in one lookup, then one atomic step in the queue.
     target_id = _target_id(user_id, raw_target)
-    target = await deps.users.get(target_id)
-    if target is None or target.visibility is Visibility.HIDDEN:
-        raise NotFound("Person")
-    blocked, written = await deps.relations.swipe_state(user_id, target_id)
-    if blocked:
+    target, blocked, written = await deps.relations.swipe_state(user_id, target_id)
+    if target is None or target.visibility is Visibility.HIDDEN or blocked:
         raise NotFound("Person")
     quotas = []
     if direction is Direction.LIKE:

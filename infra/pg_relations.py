@@ -10,6 +10,9 @@ from domain.swipes import Direction, Match, Swipe
 from infra.pg_users import _USER_COLUMNS, _user
 from infra.swipe_queue import DIRECTION, SUPER, TARGET, USER
 
+# Beside another table's columns of the same names (a swipe's created_at).
+_QUALIFIED_USER_COLUMNS = ", ".join(f"u.{name.strip()}" for name in _USER_COLUMNS.split(","))
+
 
 def pair(a: uuid.UUID, b: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
     return (a, b) if a < b else (b, a)
@@ -29,15 +32,17 @@ class PgRelations:
         return {r["target_id"]: Swipe(user_id, r["target_id"], Direction(r["direction"]), r["super_like"],
                                       r["created_at"]) for r in rows}
 
-    async def swipe_state(self, user_id: uuid.UUID, other_id: uuid.UUID) -> tuple[bool, Swipe | None]:
+    async def swipe_state(self, user_id: uuid.UUID, other_id: uuid.UUID
+                          ) -> tuple[User | None, bool, Swipe | None]:
         row = await self._pool.fetchrow(
-            "SELECT EXISTS (SELECT 1 FROM blocks WHERE user_id = $1 AND other_id = $2) AS blocked,"
-            " s.direction, s.super_like, s.created_at FROM (SELECT 1) AS one"
-            " LEFT JOIN swipes s ON s.user_id = $1 AND s.target_id = $2", user_id, other_id,
+            f"SELECT {_QUALIFIED_USER_COLUMNS}, EXISTS (SELECT 1 FROM blocks WHERE user_id = $1 AND other_id = $2)"
+            " AS blocked_, s.direction AS direction_, s.super_like AS super_like_, s.created_at AS swiped_at_"
+            " FROM (SELECT 1) AS one LEFT JOIN users AS u ON u.id = $2 AND u.deleted_at IS NULL"
+            " LEFT JOIN swipes AS s ON s.user_id = $1 AND s.target_id = $2", user_id, other_id,
         )
-        written = None if row["direction"] is None else Swipe(
-            user_id, other_id, Direction(row["direction"]), row["super_like"], row["created_at"])
-        return bool(row["blocked"]), written
+        written = None if row["direction_"] is None else Swipe(
+            user_id, other_id, Direction(row["direction_"]), row["super_like_"], row["swiped_at_"])
+        return (None if row["id"] is None else _user(row)), bool(row["blocked_"]), written
 
     async def blocked_either_way(self, user_id: uuid.UUID, other_id: uuid.UUID) -> bool:
         found = await self._pool.fetchval("SELECT 1 FROM blocks WHERE user_id = $1 AND other_id = $2",

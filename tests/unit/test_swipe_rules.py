@@ -112,7 +112,8 @@ class _Match:
 
 
 class FakeRelations:
-    def __init__(self) -> None:
+    def __init__(self, users: FakeUsers) -> None:
+        self.users = users
         self.written: dict[tuple[uuid.UUID, uuid.UUID], Swipe] = {}
         self.blocks: set[tuple[uuid.UUID, uuid.UUID]] = set()
         self.active: dict[uuid.UUID, _Match] = {}
@@ -123,8 +124,10 @@ class FakeRelations:
         self.active[match.id] = match
         return match.id
 
-    async def swipe_state(self, user_id: uuid.UUID, other_id: uuid.UUID) -> tuple[bool, Swipe | None]:
-        return await self.blocked_either_way(user_id, other_id), self.written.get((user_id, other_id))
+    async def swipe_state(self, user_id: uuid.UUID, other_id: uuid.UUID
+                          ) -> tuple[User | None, bool, Swipe | None]:
+        return (await self.users.get(other_id), await self.blocked_either_way(user_id, other_id),
+                self.written.get((user_id, other_id)))
 
     async def swipes(self, user_id: uuid.UUID, targets: list[uuid.UUID]) -> dict[uuid.UUID, Swipe]:
         return {t: self.written[(user_id, t)] for t in targets if (user_id, t) in self.written}
@@ -233,7 +236,8 @@ class World:
 
 @pytest.fixture
 def w() -> World:
-    return World(FakeUsers(), FakeQueue(), FakeRelations(), RecordedEvents())
+    users = FakeUsers()
+    return World(users, FakeQueue(), FakeRelations(users), RecordedEvents())
 
 
 def ended_both(match_id: uuid.UUID, a: uuid.UUID, b: uuid.UUID) -> list[MatchEnded]:
