@@ -124,7 +124,9 @@ def check_announced(content_type: str, byte_size: int, limits: PhotoLimits) -> s
     normal = content_type.strip().lower()
     if normal not in CONTENT_TYPES:
         raise InputError(Code.UNSUPPORTED_PHOTO_TYPE, "Photos must be JPEG, PNG, WebP or HEIC", "contentType")
-    if not 1 <= byte_size <= limits.max_bytes:
+    if byte_size < 1:
+        raise InputError(Code.INVALID_INPUT, "byteSize must be the photo's size in bytes, at least 1", "byteSize")
+    if byte_size > limits.max_bytes:
         raise InputError(Code.PHOTO_TOO_LARGE, f"Photos are limited to {limits.max_bytes // 1_000_000} MB",
                          "byteSize")
     return normal

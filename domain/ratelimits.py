@@ -121,7 +121,10 @@ def estimate(previous: int, current: int, elapsed: float, seconds: int) -> float
 def retry_after(previous: int, current: int, elapsed: float, seconds: int, limit: int, cost: int = 1) -> int:
     """Whole seconds until a request of this cost fits (at least 1)."""
     if current + cost > limit:
-        return max(1, math.ceil(seconds - elapsed))  # only the next window frees enough
+        # Only the next window frees enough, and there this one's count still weighs at first:
+        # current * (1 - t/s) + cost <= limit from t on.
+        later = seconds * (1 - (limit - cost) / current) if cost <= limit else seconds
+        return max(1, math.ceil(seconds - elapsed + max(0.0, later)))
     # The previous window's weight falls linearly; find when previous * (1 - t/s) + current + cost <= limit.
     free_at = seconds * (1 - (limit - current - cost) / previous) if previous else elapsed
     return max(1, math.ceil(free_at - elapsed))

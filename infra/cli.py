@@ -123,6 +123,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         hint = (" (every simulated person comes from this one address: start the server with"
                 " TRUSTED_PROXIES=127.0.0.1, as `make run` does, so that each counts as the address it forwards)"
                 if exc.code == "RATE_LIMITED" else "")
+        if exc.code == "TRANSPORT":
+            cause = exc.__cause__
+            hint = f" (nothing answered at {url}: {type(cause).__name__ if cause else 'no answer'}; is the service" \
+                   " running, on this PORT?)"
         print(f"could not set up the simulated people: {exc.code}{hint}", file=sys.stderr)
         return 2
     print(summary.render())

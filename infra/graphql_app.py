@@ -24,6 +24,8 @@ from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage as LegacyInitMessage
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET
 
@@ -189,12 +191,21 @@ class _TransportWS(BaseGraphQLTransportWSHandler[Context, None]):
         self.connection_init_timeout_task = None
 
 
+class _LegacyWS(BaseGraphQLWSHandler[Context, None]):
+    async def handle_connection_init(self, message: LegacyInitMessage) -> None:
+        # Once is enough. strawberry would sign in again and start a second keep-alive task, which
+        # outlives the socket and ends in a traceback once it is gone; the new protocol says 4429.
+        if not self.connection_acknowledged:
+            await super().handle_connection_init(message)
+
+
 class GraphQLApp(GraphQL[Context, None]):
     """strawberry's ASGI app, stricter at the edges: bounded bodies, errors with codes on every path,
     the graphql-response+json media type, authenticated sockets that close when their session ends."""
 
     websocket_adapter_class = _Socket  # type: ignore[assignment]
     graphql_transport_ws_handler_class = _TransportWS
+    graphql_ws_handler_class = _LegacyWS
 
     def __init__(
         self, schema: BaseSchema, ports: Callable[[], Ports], *, production: bool, max_body_bytes: int,

@@ -70,7 +70,7 @@ async def test_sign_ups_per_address_count_across_processes(two_servers: list[str
     refused = await post(first, SIGN_UP, {"input": new_account()}, ip=ip)
     assert refused["data"] is None
     error = refused["errors"][0]
-    assert error["extensions"]["code"] == "RATE_LIMITED" and 1 <= error["extensions"]["retryAfterSeconds"] <= 3600
+    assert error["extensions"]["code"] == "RATE_LIMITED" and 1 <= error["extensions"]["retryAfterSeconds"] <= 2 * 3600
     # Over HTTP the wait is also a Retry-After header, when nothing of the request was answered.
     refused_alone = {"query": SIGN_UP, "variables": {"input": new_account()}}
     async with httpx.AsyncClient(timeout=30, headers={"x-forwarded-for": ip}) as client:
@@ -150,7 +150,7 @@ async def test_password_guesses_on_one_account_meet_a_limit_from_any_address(two
     for password in ("another wrong guess", victim["password"]):
         refused = await log_in(first, victim, password)
         assert refused["__typename"] == "LimitError" and refused["code"] == "RATE_LIMITED", refused
-        assert 1 <= refused["retryAfterSeconds"] <= 900
+        assert 1 <= refused["retryAfterSeconds"] <= 2 * 900
     # Differently written, the same account; another account is untouched.
     assert (await log_in(second, {"email": victim["email"].upper()}, victim["password"]))["code"] == "RATE_LIMITED"
     assert (await log_in(second, bystander, bystander["password"]))["__typename"] == "AuthPayload"

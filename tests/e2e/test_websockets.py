@@ -471,3 +471,19 @@ async def test_a_surrogate_or_nan_in_an_operation_is_refused_as_over_http(api: s
             return
         await ws.send(json.dumps(operation("p", "nope")))
         assert (await answer_to("p"))["type"] in ("data", "error")  # "n" never answered, the socket lives on
+
+
+async def test_a_second_connection_init_on_the_legacy_protocol_is_ignored(api: str) -> None:
+    # Taken again, it would sign in twice and start a second keep-alive task that outlives the socket.
+    account = await sign_up(api)
+    init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {account.access_token}"}}
+    query = "subscription($c: ID!) { chatEvents(chatId: $c) { __typename } }"
+    async with websockets.connect(ws_url(api), subprotocols=[websockets.Subprotocol(APOLLO)]) as ws:
+        await ws.send(json.dumps(init))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        await ws.send(json.dumps(init))
+        await ws.send(json.dumps({"type": "start", "id": "p", "payload": {"query": query, "variables": {"c": "x"}}}))
+        async with asyncio.timeout(5):
+            while (frame := json.loads(await ws.recv()))["type"] == "ka":
+                pass
+        assert frame.get("id") == "p", frame  # no second connection_ack came first

@@ -129,10 +129,10 @@ def test_only_jpeg_png_and_webp_of_a_bounded_size_may_be_announced() -> None:
         with pytest.raises(InputError) as refused:
             check_announced(wrong, 1000, limits)
         assert (refused.value.code, refused.value.field) == (Code.UNSUPPORTED_PHOTO_TYPE, "contentType")
-    for size in (0, -1, limits.max_bytes + 1):
+    for size, code in ((0, Code.INVALID_INPUT), (-1, Code.INVALID_INPUT), (limits.max_bytes + 1, Code.PHOTO_TOO_LARGE)):
         with pytest.raises(InputError) as refused:
             check_announced("image/png", size, limits)
-        assert (refused.value.code, refused.value.field) == (Code.PHOTO_TOO_LARGE, "byteSize")
+        assert (refused.value.code, refused.value.field) == (code, "byteSize")
 
 
 def test_dimensions_are_judged_from_the_header() -> None:

@@ -29,8 +29,10 @@ def test_the_sliding_estimate_and_when_to_retry() -> None:
     assert estimate(100, 10, 0, 60) == 110
     assert estimate(100, 10, 30, 60) == 60
     assert estimate(100, 10, 60, 60) == 10
-    # Full in this window alone: wait for the next one.
-    assert retry_after(0, 5, 20, 60, 5) == 40
+    # Full in this window alone: wait for the next one, and there until this one's five weigh 4 or less.
+    wait = retry_after(0, 5, 20, 60, 5)
+    assert wait == 40 + 12
+    assert estimate(5, 1, 20 + wait - 60, 60) <= 5 < estimate(5, 1, 20 + wait - 61, 60)
     # The previous window's weight must fall from 10 * (1 - 15/60) = 7.5 to 4 (limit 5, one now, one more).
     wait = retry_after(10, 0, 15, 60, 5)
     assert estimate(10, 1, 15 + wait, 60) <= 5 < estimate(10, 1, 15 + wait - 1, 60)
