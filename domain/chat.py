@@ -9,7 +9,7 @@ from typing import Protocol
 
 from domain.errors import Code, DomainError, InputError, LimitReached, NotFound
 from domain.ids import new_id, parse_id
-from domain.text import has_lone_surrogate, visible
+from domain.text import BIDI_OVERRIDES, has_lone_surrogate, visible
 
 MAX_TEXT = 2000
 # Numbers a chat takes from PostgreSQL at a time: the only write there per thousand messages, and
@@ -19,7 +19,6 @@ TYPING_SECONDS = 5  # a typing indicator shows this long unless renewed
 TYPING_EVERY_SECONDS = 2  # at most one typing signal per person and chat in this time
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _LINE_ENDS = re.compile(r"\r\n?")
-_BIDI_OVERRIDES = frozenset("\u202d\u202e")
 
 
 @dataclass(frozen=True)
@@ -139,9 +138,8 @@ def clean_message(text: str) -> str:
     body = unicodedata.normalize("NFC", _LINE_ENDS.sub("\n", text))
     if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in body):
         raise InputError(Code.INVALID_TEXT, "text contains a control character", "text")
-    # An override shows the characters after it reversed: "moc.elgoog" drawn as a trusted link.
     # Embeddings, isolates and marks stay: they are how mixed Arabic or Hebrew and Latin text reads right.
-    if _BIDI_OVERRIDES.intersection(body):
+    if BIDI_OVERRIDES.intersection(body):
         raise InputError(Code.INVALID_TEXT, "text contains a bidirectional override", "text")
     if len(body) > MAX_TEXT:
         raise InputError(Code.TEXT_TOO_LONG, f"text is longer than {MAX_TEXT} characters", "text")

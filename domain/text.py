@@ -3,9 +3,11 @@ import unicodedata
 from domain.errors import Code, InputError
 
 _LINE_CONTROLS = frozenset("\n\t")
-# Bidirectional overrides let a name render as something else (a classic spoofing trick); other
-# format characters (zero-width joiners in emoji, for example) are legitimate.
-_BIDI_OVERRIDES = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Overrides show the characters after them reversed: "moc.elgoog" drawn as a trusted link.
+BIDI_OVERRIDES = frozenset("\u202d\u202e")
+# In a name, embeddings and isolates too let it render as something else (a classic spoofing
+# trick); other format characters (zero-width joiners in emoji, for example) are legitimate.
+_BIDI_CONTROLS = BIDI_OVERRIDES | frozenset("\u202a\u202b\u202c\u2066\u2067\u2068\u2069")
 
 
 def has_lone_surrogate(value: str) -> bool:
@@ -26,7 +28,7 @@ def clean_text(
     text = unicodedata.normalize("NFC", value.replace("\r\n", "\n") if multiline else value).strip()
     for ch in text:
         category = unicodedata.category(ch)
-        forbidden = category in ("Cc", "Co", "Cn") or ch in _BIDI_OVERRIDES
+        forbidden = category in ("Cc", "Co", "Cn") or ch in _BIDI_CONTROLS
         if forbidden and not (multiline and ch in _LINE_CONTROLS):
             raise InputError(Code.INVALID_TEXT, f"{field} contains a control character", field)
     if len(text) > max_len:

@@ -55,7 +55,18 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
-class _RedisBackend(BroadcastBackend):
+class _QueuedBackend(BroadcastBackend):
+    # What the connections heard, in order; None: a connection was lost.
+    _events: asyncio.Queue[Event | None]
+
+    async def next_published(self) -> Event:
+        event = await self._events.get()
+        if event is None:
+            raise BroadcastConnectionLost()
+        return event
+
+
+class _RedisBackend(_QueuedBackend):
     def __init__(self, client: redis.Redis, *, sharded: bool = False,
                  events: asyncio.Queue[Event | None] | None = None) -> None:
         self._redis = client
@@ -86,12 +97,6 @@ class _RedisBackend(BroadcastBackend):
         # One command for them all, in order: a pipeline costs the client several times more per
         # message than packing two more arguments does.
         await self._publish_all([], [part for message in messages for part in message])
-
-    async def next_published(self) -> Event:
-        event = await self._events.get()
-        if event is None:
-            raise BroadcastConnectionLost()
-        return event
 
     # Reference counted, so _Broadcast may call it once per subscriber without racing itself.
     async def subscribe(self, channel: str) -> None:
@@ -205,7 +210,7 @@ class _RedisBackend(BroadcastBackend):
             awaited[2].set_result(None)
 
 
-class _ClusterBackend(BroadcastBackend):
+class _ClusterBackend(_QueuedBackend):
     """One connection per primary that holds a subscribed channel's slot (SSUBSCRIBE, Redis 7+), or
     a single one to any node where the cluster only has classic pub/sub (every node hears every
     PUBLISH)."""
@@ -237,12 +242,6 @@ class _ClusterBackend(BroadcastBackend):
             for channel, message in messages:
                 pipe.execute_command(command, channel, message)
             await pipe.execute()
-
-    async def next_published(self) -> Event:
-        event = await self._events.get()
-        if event is None:
-            raise BroadcastConnectionLost()
-        return event
 
     async def subscribe(self, channel: str) -> None:
         backend = self._channels.get(channel) or await self._backend_for(channel)

@@ -2,15 +2,29 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 from infra.broadcast import SILENCE_LIMIT
 from infra.settings import Settings
 from tests.e2e.conftest import gql, running_server, sign_up, ws_url
 from tests.private_redis import PrivateRedis
+
+
+@contextlib.asynccontextmanager
+async def listening_to_my_events(base: str, token: str) -> AsyncIterator[ClientConnection]:
+    """A graphql-transport-ws socket, signed in, with myEvents subscribed."""
+    protocol = websockets.Subprotocol("graphql-transport-ws")
+    async with websockets.connect(ws_url(base), subprotocols=[protocol]) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        await ws.send(json.dumps({"type": "subscribe", "id": "1",
+                                  "payload": {"query": "subscription { myEvents { __typename } }"}}))
+        yield ws
 
 
 async def test_sockets_close_with_try_again_when_redis_goes_away(
@@ -19,13 +33,7 @@ async def test_sockets_close_with_try_again_when_redis_goes_away(
     # Without pub/sub a socket would not hear of revocations or events: it must close, not go deaf.
     with running_server(settings, tmp_path, REDIS_URL=private_redis.url) as base:
         account = await sign_up(base)
-        protocol = websockets.Subprotocol("graphql-transport-ws")
-        async with websockets.connect(ws_url(base), subprotocols=[protocol]) as ws:
-            await ws.send(json.dumps({"type": "connection_init",
-                                      "payload": {"Authorization": f"Bearer {account.access_token}"}}))
-            assert json.loads(await ws.recv())["type"] == "connection_ack"
-            await ws.send(json.dumps({"type": "subscribe", "id": "1",
-                                      "payload": {"query": "subscription { myEvents { __typename } }"}}))
+        async with listening_to_my_events(base, account.access_token) as ws:
             await asyncio.sleep(0.3)
             await private_redis.kill()
             started = time.monotonic()
@@ -82,13 +90,7 @@ async def test_a_stalled_server_keeps_its_subscribers(settings: Settings, migrat
         port = base.rsplit(":", 1)[1]
         server = next(p for p in psutil.Process().children(recursive=True) if port in p.cmdline())
         account = await sign_up(base)
-        protocol = websockets.Subprotocol("graphql-transport-ws")
-        async with websockets.connect(ws_url(base), subprotocols=[protocol]) as ws:
-            await ws.send(json.dumps({"type": "connection_init",
-                                      "payload": {"Authorization": f"Bearer {account.access_token}"}}))
-            assert json.loads(await ws.recv())["type"] == "connection_ack"
-            await ws.send(json.dumps({"type": "subscribe", "id": "1",
-                                      "payload": {"query": "subscription { myEvents { __typename } }"}}))
+        async with listening_to_my_events(base, account.access_token) as ws:
             await asyncio.sleep(2)  # subscribed, and a few PINGs answered
             server.suspend()
             try:

@@ -1,5 +1,9 @@
-import pytest
+from collections.abc import AsyncIterator
 
+import pytest
+import redis.asyncio as aioredis
+
+from infra.redis_client import open_redis
 from tests.services import TestServices
 
 
@@ -9,3 +13,10 @@ def redis_url(request: pytest.FixtureRequest, services: TestServices) -> str:
     if request.param == "cluster":
         return str(request.getfixturevalue("redis_cluster"))
     return services.redis_url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = open_redis(redis_url)
+    yield client
+    await client.aclose()

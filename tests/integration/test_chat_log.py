@@ -16,7 +16,6 @@ from infra.broadcast import make_broadcast
 from infra.chat_log import CHAT_PUSHER, RedisChatBus, RedisChatLog, chats_spec
 from infra.pg_chats import PgSequences
 from infra.pg_fences import PgFences
-from infra.redis_client import open_redis
 from infra.streams import PartitionedConsumer, ensure_groups
 from tests.services import TestServices
 from workers.chat_pusher import ChatPusher, decode_entry
@@ -32,13 +31,6 @@ class Everyone:
 
     async def member(self, user_id: uuid.UUID, chat_id: uuid.UUID) -> Membership | None:
         return Membership(chat_id, user_id, self.other, False)
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = open_redis(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@ import asyncio
 import random
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -15,7 +14,6 @@ from domain.ranking import Listing
 from infra.app import Runtime
 from infra.buckets import RedisBuckets
 from infra.pg_locations import PgLocations
-from infra.redis_client import open_redis
 from tests.factories import make_users
 from tests.services import TestServices
 from workers.location_updater import LocationUpdater
@@ -28,13 +26,6 @@ SHANGHAI, BERLIN, QUITO = (31.2304, 121.4737), (52.52, 13.405), (-0.1807, -78.46
 async def pool(runtime: Runtime) -> asyncpg.Pool:
     assert runtime.pool is not None
     return runtime.pool
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = open_redis(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

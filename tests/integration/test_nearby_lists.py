@@ -1,7 +1,6 @@
 """Stored ranked lists: what a later page reads, from Redis or from the process that saved the list."""
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -9,7 +8,6 @@ import redis.asyncio as aioredis
 
 from domain.ranking import Ranked
 from infra.buckets import RedisCandidateLists
-from infra.redis_client import open_redis
 from tests.services import TestServices
 
 TTL = timedelta(hours=6)
@@ -21,13 +19,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = open_redis(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Rate-limit counters against the real Redis: shared between limiters (API processes) once they
 flush, sliding across windows, and kept when Redis is briefly away."""
 import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,13 +18,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = open_redis(redis_url)
-    yield client
-    await client.aclose()
 
 
 def limiter(redis: aioredis.Redis, prefix: str, clock: Clock) -> RedisRateLimiter:

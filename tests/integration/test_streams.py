@@ -103,13 +103,6 @@ async def pool(runtime: Runtime) -> AsyncIterator[asyncpg.Pool]:
     yield runtime.pool
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = open_redis(redis_url)
-    yield client
-    await client.aclose()
-
-
 def new_spec(services: TestServices, partitions: int, groups: int = 1) -> StreamSpec:
     token = secrets.token_hex(4)
     names = tuple(f"g{i}-{token}" for i in range(groups))

@@ -3,7 +3,6 @@ entries in order, matching after the commit (and after a crash), the undo guard,
 import asyncio
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -13,7 +12,6 @@ import redis.asyncio as aioredis
 from domain.swipes import Direction, Match, Swipe, Undo
 from infra.app import Runtime
 from infra.pg_relations import apply_swipes, likes_among, mark_announced, match_likes
-from infra.redis_client import open_redis
 from infra.swipe_queue import RedisSwipeQueue, decode, decode_fields, encode, swipes_spec
 from tests.services import TestServices
 
@@ -24,13 +22,6 @@ START = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 async def pool(runtime: Runtime) -> asyncpg.Pool:
     assert runtime.pool is not None
     return runtime.pool
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = open_redis(redis_url)
-    yield client
-    await client.aclose()
 
 
 def like(user: uuid.UUID, target: uuid.UUID, ms: int = 0, *, super_like: bool = False) -> str:
