@@ -2,11 +2,13 @@
 
 import asyncio
 import json
+import ssl
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import certifi
 import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -29,12 +31,32 @@ def forwarded(address: str | None) -> dict[str, str]:
 
 
 class Api:
-    def __init__(self, url: str, ledger: Ledger, people: int) -> None:
-        # A connection for each person, as each phone has its own: a shared pool would queue them
-        # here and count this process's queue as the server's latency.
-        self.http = httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(
-            max_connections=people + 10, max_keepalive_connections=people + 10))
+    def __init__(self, url: str, ledger: Ledger) -> None:
+        self._url = url
+        # Built once: each client would otherwise load the CA bundle again.
+        self._tls = ssl.create_default_context(cafile=certifi.where())
+        self.http = self._client()
+        # A client for each person, as each phone has its own connection. One pool shared by
+        # hundreds scans all its connections for every request: this process, not the server,
+        # became the bottleneck, and its delay was counted as the server's latency.
+        self._own: dict[str, httpx.AsyncClient] = {}
         self.ledger = ledger
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self._url, timeout=30, verify=self._tls,
+                                 limits=httpx.Limits(max_connections=4, max_keepalive_connections=2))
+
+    def _for(self, address: str | None) -> httpx.AsyncClient:
+        if address is None:
+            return self.http
+        client = self._own.get(address)
+        if client is None:
+            client = self._own[address] = self._client()
+        return client
+
+    async def aclose(self) -> None:
+        for client in [self.http, *self._own.values()]:
+            await client.aclose()
 
     async def call(self, name: str, query: str, variables: dict[str, Any], token: str | None = None,
                    address: str | None = None) -> Any:
@@ -44,8 +66,8 @@ class Api:
             headers["authorization"] = f"Bearer {token}"
         started = time.perf_counter()
         try:
-            response = await self.http.post("/graphql", json={"query": query, "variables": variables},
-                                            headers=headers)
+            response = await self._for(address).post("/graphql", json={"query": query, "variables": variables},
+                                                      headers=headers)
             body = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             self.ledger.error(f"transport:{type(exc).__name__}", name, str(exc))

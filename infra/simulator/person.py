@@ -50,6 +50,7 @@ TOKEN_REFRESH_S = 600.0
 REPAGE_S = 20.0  # after the last page, before asking for a fresh list (newcomers, swipes undone)
 REPAGE_EMPTY_S = 4.0
 SEND_ATTEMPTS = 4
+RECONNECT_BACKOFF_STEPS = 4  # waits double up to 16 times the first, then stay there
 RETRIED = frozenset({"UNAVAILABLE", "TRANSPORT"})  # "retry freely" (docs/api-conventions.md)
 RESEND_CHANCE = 0.05  # a message sent again with its clientMessageId, as after a lost answer
 FAILURES = (ApiError, websockets.WebSocketException, OSError, TimeoutError)
@@ -228,17 +229,25 @@ class Person:
                 await live.close()
             await asyncio.sleep(self.rng.uniform(0.5, 3))
             self.ledger.reconnects += 1
-            await self.connect(catch_up=True)
+            try:
+                await self.connect(catch_up=True)
+            except FAILURES:
+                if self.live is None:  # an app keeps trying, also once this person stops acting
+                    self._background(self._resume(None))
+                raise
 
-    async def _resume(self, live: Live) -> None:
+    async def _resume(self, live: Live | None) -> None:
         # The server ended the socket (1012 asks for an immediate reconnect): an app comes back at
-        # once, from its cursors, also after the last operation, while messages may still arrive.
+        # once, from its cursors, also after the last operation, while messages may still arrive,
+        # and keeps trying until it is back: giving up would count a busy server's delay as loss.
         async with self.linking:
             if self.live is not live or self.sim.finished:
                 return  # replaced meanwhile, or the run is over
             self.live = None
-            for attempt in range(SEND_ATTEMPTS):
-                await asyncio.sleep(self.rng.uniform(0.2, 1.0) * 2**attempt)
+            attempt = 0
+            while not self.sim.finished:
+                await asyncio.sleep(self.rng.uniform(0.2, 1.0) * 2 ** min(attempt, RECONNECT_BACKOFF_STEPS))
+                attempt += 1
                 try:
                     self.ledger.reconnects += 1
                     await self.connect(catch_up=True)

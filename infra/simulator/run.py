@@ -61,7 +61,7 @@ class Simulator:
         base = options.url.rstrip("/").removesuffix("/graphql")
         self.base, self.ws_url = base, base.replace("http", "ws", 1) + "/graphql"
         self.ledger = Ledger()
-        self.api = Api(base, self.ledger, options.users)
+        self.api = Api(base, self.ledger)
         self.tasks: set[asyncio.Task[None]] = set()
         self.finished = False
         self.connecting = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
@@ -153,7 +153,7 @@ class Simulator:
         for person in self.people:
             if person.live is not None:
                 await person.live.close()
-        await self.api.http.aclose()
+        await self.api.aclose()
         archived = None if archived_after is None else archived_after - (archived_before or 0.0)
         return Summary.of(self.ledger, {p.id for p in self.people}, matches, setup_seconds,
                           options.users / interval, archived, achieved)
