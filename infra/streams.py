@@ -18,7 +18,6 @@ from infra.redis_client import NotDurable, pinned, raw_reader
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Entry = tuple[str, dict[bytes, bytes]]
 
 IDLE_POLL = 0.05  # until_idle: pause between empty non-blocking reads
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
@@ -180,13 +179,33 @@ def _pairs(fields: list[bytes] | None) -> dict[bytes, bytes]:
     return dict(zip(fields[::2], fields[1::2], strict=False)) if fields else {}
 
 
-def _entries(reply: Any) -> list[Entry]:
+@dataclass
+class _Read(Generic[T]):
+    good: list[tuple[str, T]]
+    dead: list[tuple[str, dict[bytes, bytes], str]]
+    last: str  # the last entry id read ("" for none), dead ones included
+
+
+def _split(reply: Any, decode: Callable[[dict[bytes, bytes]], T]) -> _Read[T]:
     # XREADGROUP's reply as hiredis parsed it: {stream: entries} (RESP3) or [[stream, entries]] (RESP2),
     # an entry [id, [field, value, ...]], or [id, None] once deleted. Most entries have one field.
+    # Decoded in the same pass, keeping nothing else of the reply: a batch lives across the handler's
+    # awaits, and a tuple per entry holding its fields' dict lived that long too, thousands of them
+    # reaching the garbage collector's oldest generation and bringing on its full collections.
     streams = reply.values() if isinstance(reply, dict) else [entries for _, entries in reply or ()]
-    return [(entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-             {fields[0]: fields[1]} if fields is not None and len(fields) == 2 else _pairs(fields))
-            for entries in streams for entry_id, fields in entries]
+    read: _Read[T] = _Read([], [], "")
+    keep = read.good.append  # hundreds of thousands a second: no lookups
+    entry_id: str = ""
+    for entries in streams:
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            pairs = {fields[0]: fields[1]} if fields is not None and len(fields) == 2 else _pairs(fields)
+            try:
+                keep((entry_id, decode(pairs)))
+            except Exception as error:
+                read.dead.append((entry_id, pairs, f"{type(error).__name__}: {error}"[:1000]))
+    read.last = entry_id
+    return read
 
 
 # Lease and fence keys share the partition's hash tag, so taking both is one atomic step.
@@ -452,11 +471,11 @@ class PartitionedConsumer(Generic[T]):
                 # Our pending entries (the orphans included) all precede anything undelivered.
                 cursor = "0"
                 while not lease.leave.is_set():
-                    entries = _entries(await self._read(key, cursor, None))
-                    if not entries:
+                    read = _split(await self._read(key, cursor, None), self._decode)
+                    if not read.last:
                         break
-                    await self._process(lease, entries)
-                    cursor = entries[-1][0]
+                    await self._process(lease, read)
+                    cursor = read.last
                 await self._follow(lease, key)
             except (RedisError, OSError) as error:
                 log.warning("%s/%s: partition %d: %s", self._spec.name, self._group, lease.partition, error)
@@ -474,8 +493,8 @@ class PartitionedConsumer(Generic[T]):
     async def _follow(self, lease: _Lease, key: str) -> None:
         while not lease.leave.is_set():
             if self._until_idle:
-                entries = _entries(await self._read(key, ">", None))
-                if not entries:
+                read = _split(await self._read(key, ">", None), self._decode)
+                if not read.last:
                     if not lease.idle:
                         lease.idle = True
                         self._went_idle.set()
@@ -485,24 +504,17 @@ class PartitionedConsumer(Generic[T]):
                 # Never interrupted, not even to leave: a node that has taken a blocked read may still
                 # serve it after the client gave up, and what it delivered would sit pending under our
                 # name until the next owner claimed it. Leaving waits out the block (block_ms) instead.
-                entries = _entries(await self._read(key, ">", self._block_ms))
-                if not entries:
+                read = _split(await self._read(key, ">", self._block_ms), self._decode)
+                if not read.last:
                     continue
             lease.idle = False
-            await self._process(lease, entries)
+            await self._process(lease, read)
 
     async def _read(self, key: str, cursor: str, block: int | None) -> Any:
         return await self._reader.xreadgroup(self._group, self._id, {key: cursor}, count=self._batch, block=block)
 
-    async def _process(self, lease: _Lease, entries: list[Entry]) -> None:
-        good: list[tuple[str, T]] = []
-        dead: list[tuple[str, dict[bytes, bytes], str]] = []
-        keep, decode = good.append, self._decode  # hundreds of thousands a second: no lookups
-        for entry_id, fields in entries:
-            try:
-                keep((entry_id, decode(fields)))
-            except Exception as error:
-                dead.append((entry_id, fields, f"{type(error).__name__}: {error}"[:1000]))
+    async def _process(self, lease: _Lease, read: _Read[T]) -> None:
+        good, dead = read.good, read.dead
         key = self._spec.key(lease.partition)
         if dead:
             await self._bury(lease.partition, dead)

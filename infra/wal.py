@@ -108,16 +108,38 @@ class WriteAheadLog:
         body, head, crc32 = _BODY.pack, _HEAD.pack, zlib.crc32
         parts: list[bytes] = []
         add = parts.append
-        segment = self._segments[-1]
-        marks = segment.marks  # a mark ahead of a failed write only makes truncation wait longer
+        marks = self._segments[-1].marks  # a mark ahead of a failed write only makes truncation wait longer
         for key, (ms, seq), payload in records:
             record = body(key, ms, seq) + payload
             add(head(len(record), crc32(record)))
             add(record)
             if (ms, seq) > marks.get(key, (-1, -1)):
                 marks[key] = (ms, seq)
-        data = b"".join(parts)
+        self._write(b"".join(parts))
+
+    def append_entries(self, key: int, entries: list[tuple[str, bytes]]) -> None:
+        """Stream entries of one key, their "<ms>-<seq>" ids as positions: read in the same pass that
+        frames the records, as every chat message passes here."""
+        if not entries:
+            return
+        body, head, crc32 = _BODY.pack, _HEAD.pack, zlib.crc32
+        parts: list[bytes] = []
+        add = parts.append
+        top_ms, top_seq = self._segments[-1].marks.get(key, (-1, -1))
+        for entry, payload in entries:
+            text_ms, _, text_seq = entry.partition("-")
+            ms, seq = int(text_ms), int(text_seq)
+            record = body(key, ms, seq) + payload
+            add(head(len(record), crc32(record)))
+            add(record)
+            if ms > top_ms or (ms == top_ms and seq > top_seq):
+                top_ms, top_seq = ms, seq
+        self._segments[-1].marks[key] = (top_ms, top_seq)
+        self._write(b"".join(parts))
+
+    def _write(self, data: bytes) -> None:
         os.write(self._fd, data)
+        segment = self._segments[-1]
         segment.size += len(data)
         self._written += len(data)
         if segment.size >= self._segment_bytes:

@@ -4,14 +4,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from infra.archive import Window, build_object, encode_window, group_by_chat, object_key, windows_spec
+from infra.archive import Runs, Window, build_object, encode_window, group_into, object_key, runs_by_chat, windows_spec
 from infra.archive_keys import PgArchiveKeys, Sealer
 from infra.chat_log import CHAT_AGGREGATOR, chats_spec
 from infra.db import open_pool
@@ -69,9 +68,12 @@ class _Partition:
     archived: str  # the archived position as last seen in PostgreSQL
     floor: int  # the earliest window an entry may still join (the ones before are handed on)
     last: Pos  # the newest entry held
-    windows: dict[int, list[bytes]] = field(default_factory=dict)  # window start -> messages
+    windows: dict[int, Runs] = field(default_factory=dict)  # window start -> its messages by chat
     lasts: dict[int, str] = field(default_factory=dict)  # window start -> its last entry id
     handed: list[str] = field(default_factory=list)  # last entries of windows handed on, not archived yet
+    # The newest entry the stream was seen to hold: until it is taken, the partition is catching up,
+    # and asking Redis again on every batch of a backlog would cost a round trip each.
+    newest: Pos = (0, 0)
 
 
 class Aggregator:
@@ -90,6 +92,7 @@ class Aggregator:
         self._rolled_at = clock()
         self._room = asyncio.Event()
         self._room.set()
+        self._ticked: set[tuple[int, int]] = set()  # (partition, fence) pairs the last tick saw
         self._same_entries = redis.register_script(_SAME_ENTRIES)
 
     def recover(self, records: list[Record]) -> None:
@@ -115,34 +118,32 @@ class Aggregator:
     async def _take(self, partition: int, state: _Partition, batch: list[tuple[str, bytes]]) -> None:
         # Whole batches at a time: every chat message passes here, so nothing is done per entry
         # that can be done once per batch (a batch is in stream order, and nearly always fresh).
-        positions = [(int(ms), int(seq)) for ms, _, seq in (i.partition("-") for i, _ in batch)]
-        if not positions:
+        if not batch:
             return
-        if positions[0] <= state.last:  # redelivered ones are held already
-            fresh = [(p, entry) for p, entry in zip(positions, batch, strict=True) if p > state.last]
-            if not fresh:
+        first = pos(batch[0][0])
+        if first <= state.last:  # redelivered ones are held already
+            batch = [entry for entry in batch if pos(entry[0]) > state.last]
+            if not batch:
                 return
-            positions, batch = [p for p, _ in fresh], [entry for _, entry in fresh]
-        raws = [raw for _, raw in batch]
-        self._wal.append(list(zip(repeat(partition), positions, raws)))
+            first = pos(batch[0][0])
+        last = pos(batch[-1][0])
+        self._wal.append_entries(partition, batch)
         await self._wal.sync()
-        start = self._window_of(state, positions[0])
-        if start == self._window_of(state, positions[-1]):
-            state.windows.setdefault(start, []).extend(filter(None, raws))
+        start = self._window_of(state, first)
+        if start == self._window_of(state, last):
+            group_into(state.windows.setdefault(start, {}), [raw for _, raw in batch])
             state.lasts[start] = batch[-1][0]
-            state.last = positions[-1]
+            state.last = last
         else:  # across a window's end
-            for p, (i, raw) in zip(positions, batch, strict=True):
-                self._add(state, p, i, raw)
+            for i, raw in batch:
+                self._add(state, pos(i), i, raw)
 
     def _window_of(self, state: _Partition, position: Pos) -> int:
         return max(position[0] // self._window_ms * self._window_ms, state.floor)
 
     def _add(self, state: _Partition, position: Pos, entry: str, raw: bytes) -> None:
         start = self._window_of(state, position)
-        messages = state.windows.setdefault(start, [])
-        if raw:
-            messages.append(raw)
+        group_into(state.windows.setdefault(start, {}), (raw,))
         state.lasts[start] = entry
         state.last = position
 
@@ -183,7 +184,7 @@ class Aggregator:
         # Only now: a state half rebuilt (Redis failed on the way) would miss what it did not reach.
         self._parts[partition] = state
         log.info("chat-aggregator: partition %d from %s, %d messages held", partition, base,
-                 sum(len(m) for m in state.windows.values()))
+                 sum(len(run) for runs in state.windows.values() for run in runs.values()))
         return state
 
     async def _delivered(self, key: str) -> Pos:
@@ -207,13 +208,17 @@ class Aggregator:
             await self._hand(partition, state, start)
 
     async def _caught_up(self, partition: int, state: _Partition) -> bool:
+        if state.last < state.newest:  # entries ids only grow: what was there is still to come
+            return False
         newest = cast(list[tuple[bytes, Any]], await self._redis.xrevrange(self._chats.key(partition), count=1))
-        return not newest or pos(newest[0][0]) <= state.last
+        if newest:
+            state.newest = max(state.newest, pos(newest[0][0]))
+        return state.newest <= state.last
 
     async def _hand(self, partition: int, state: _Partition, start: int) -> None:
         last = state.lasts[start]
         key = object_key(partition, start, last)
-        by_chat = await asyncio.to_thread(group_by_chat, state.windows[start])
+        by_chat = runs_by_chat(state.windows[start])
         data_keys = await self._keys.data_keys(list(by_chat))
         body, segments = await asyncio.to_thread(build_object, key, by_chat, data_keys)
         window = Window(start, state.base, last, state.fence, key, body if segments else b"", segments)
@@ -228,9 +233,11 @@ class Aggregator:
         for partition in [p for p in self._parts if p not in fences]:
             del self._parts[partition]
         positions = await self._index.positions()
+        seen, self._ticked = self._ticked, set(fences.items())
         # Side by side: windows closing together (the same end for every partition) would otherwise
         # wait for each other's object to be built and handed on.
-        await asyncio.gather(*(self._tick_one(p, fence, positions.get(p)) for p, fence in fences.items()))
+        await asyncio.gather(*(self._tick_one(p, fence, positions.get(p), (p, fence) in seen)
+                               for p, fence in fences.items()))
         await self._hold(positions, fences)
         if self._clock() - self._rolled_at >= self._window_ms / 1000 or self._wal.size > self._wal_max:
             self._rolled_at = self._clock()
@@ -244,9 +251,17 @@ class Aggregator:
         if self._wal.size <= self._wal_max:
             self._room.set()
 
-    async def _tick_one(self, partition: int, fence: int, archived: Position | None) -> None:
+    async def _tick_one(self, partition: int, fence: int, archived: Position | None, settled: bool) -> None:
         async with self._locks[partition]:
+            state = self._parts.get(partition)
+            if not settled and (state is None or state.fence != fence):
+                # Just taken: its first batch is on its way and builds it without reading that batch
+                # from the stream a second time; a partition with nothing to deliver is built next tick.
+                return
             state = await self._ensure(partition, fence)
+            # A look at the stream itself, now and then: whatever the last look saw cannot hold a
+            # window open for ever, even if an entry it counted on never comes.
+            state.newest = (0, 0)
             if not self._follow(state, archived):
                 log.warning("chat-aggregator: partition %d archived past what was handed on; rebuilding", partition)
                 del self._parts[partition]
