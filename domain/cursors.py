@@ -2,6 +2,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -23,6 +24,23 @@ def encode_cursor(key: bytes, kind: str, payload: list[Any]) -> str:
     mac = _keyed(key).copy()
     mac.update(body)
     return base64.urlsafe_b64encode(mac.digest()[:_MAC_BYTES] + body).decode().rstrip("=")
+
+
+def cursors_along(key: bytes, kind: str, fixed: list[Any]) -> Callable[[Any], str]:
+    """encode_cursor for payloads `fixed + [last]`, at half its cost: the shared start of the body
+    is encoded and fed to the MAC once, for a page's worth of cursors into one list."""
+    start = _COMPACT.encode([kind, *fixed, 0])[:-2].encode()  # up to and including the last comma
+    prefix = _keyed(key).copy()
+    prefix.update(start)
+
+    def encode(last: Any) -> str:
+        # A position is what it is asked for on every edge: a number needs no JSON encoder.
+        tail = (str(last) if type(last) is int else _COMPACT.encode(last)).encode() + b"]"
+        mac = prefix.copy()
+        mac.update(tail)
+        return base64.urlsafe_b64encode(mac.digest()[:_MAC_BYTES] + start + tail).decode().rstrip("=")
+
+    return encode
 
 
 def decode_cursor(key: bytes, kind: str, cursor: str, field: str = "after") -> list[Any]:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from domain.cursors import decode_cursor, encode_cursor, page_size
+from domain.cursors import cursors_along, decode_cursor, page_size
 from domain.errors import Code, DomainError, InputError
 from domain.geo import MAX_RADIUS_KM, Point, centre, cover, kept
 from domain.ids import new_id
@@ -152,6 +152,7 @@ def _position(key: bytes, cursor: str) -> tuple[str, int]:
 async def _page(deps: NearbyDeps, viewer_id: uuid.UUID, list_id: str, start: int, size: int,
                 fresh: list[Ranked] | None) -> Page:
     chosen: list[Candidate] = []
+    cursor = cursors_along(deps.cursor_key, "nearby", [list_id])
     position = start
     total = len(fresh) if fresh is not None else None
     # A little more than a page: a few will have been swiped, blocked or hidden since (each person
@@ -177,12 +178,12 @@ async def _page(deps: NearbyDeps, viewer_id: uuid.UUID, list_id: str, start: int
                 continue
             person = people.get(entry.user_id)
             if person is not None and person.visibility is Visibility.VISIBLE:
-                chosen.append(Candidate(person, entry, _cursor(deps, list_id, position)))
+                chosen.append(Candidate(person, entry, cursor(position)))
                 if len(chosen) == size:
                     break
     if not chosen:
         return Page(chosen, None, False)
-    return Page(chosen, _cursor(deps, list_id, position), total is not None and position < total)
+    return Page(chosen, cursor(position), total is not None and position < total)
 
 
 async def _left_out(deps: NearbyDeps, viewer_id: uuid.UUID, ids: list[uuid.UUID]
@@ -197,7 +198,3 @@ async def _left_out(deps: NearbyDeps, viewer_id: uuid.UUID, ids: list[uuid.UUID]
     )
     swiped = {t for t, s in queued.items() if s is not None} | {t for t in written if t not in queued}
     return swiped | blocked, people
-
-
-def _cursor(deps: NearbyDeps, list_id: str, position: int) -> str:
-    return encode_cursor(deps.cursor_key, "nearby", [list_id, position])

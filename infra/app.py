@@ -6,6 +6,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -16,6 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from domain.chat import ChatDeps
 from domain.locations import LocationDeps, LocationLimits
@@ -120,6 +122,25 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         yield Runtime(settings, pool, redis, ports)
 
 
+class _Api(Starlette):
+    """Sockets on /graphql go straight to the GraphQL app. A socket lives for hours, and each
+    middleware and routing layer it passes keeps a suspended frame (and a closure or two) for all
+    that time; none of them acts on a WebSocket here (CORS is for HTTP, the sockets' origins are
+    checked by the GraphQL app, and an error in it ends the connection either way)."""
+
+    def __init__(self, graphql: GraphQLApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._graphql = graphql
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Under a root_path the router's matching is needed: the path is then longer than this.
+        if scope["type"] == "websocket" and scope["path"] == "/graphql":
+            scope["app"] = self
+            await self._graphql.serve_websocket(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings) -> Starlette:
     runtime = Runtime(settings)
 
@@ -159,7 +180,8 @@ def create_app(settings: Settings) -> Starlette:
     if settings.allowed_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"]))
-    return Starlette(
+    return _Api(
+        graphql,
         routes=[
             Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),

@@ -8,6 +8,7 @@ from datetime import date, timedelta
 from functools import lru_cache
 
 import redis.asyncio as aioredis
+from asyncpg.pgproto.pgproto import UUID as FastUUID
 
 from domain.geo import index_of
 from domain.model import Gender
@@ -54,10 +55,12 @@ def _tags(raw: str) -> tuple[str, ...]:
     return tuple(CATALOGUE[int(i)].slug for i in raw.split(",")) if raw else ()
 
 
+# Ids decode to asyncpg's own uuid.UUID subclass (as in decode_list): built, hashed and printed in
+# C, where a first list hashes thousands and a page hands them on to PostgreSQL and Redis.
 def decode_listing(user: bytes, raw: bytes) -> Listing:
     cell, gender, birth, show_me, age_min, age_max, distance, tags, active = raw.decode().split("|")
     return Listing(
-        uuid.UUID(bytes=user), cell, _BY_LETTER[gender], _day(birth), _genders(show_me),
+        FastUUID(user), cell, _BY_LETTER[gender], _day(birth), _genders(show_me),
         int(age_min), int(age_max), int(distance), _tags(tags), _day(active) if active else None,
     )
 
@@ -218,7 +221,7 @@ def decode_list(head: bytes, body: bytes) -> tuple[list[Ranked], int] | None:
             mask = int.from_bytes(raw[2:], "big")
             shared = tuple(tag for i, tag in enumerate(vocabulary) if mask >> i & 1)
             tail = tails[raw] = (raw[0], shared, bool(raw[1] & 1), bool(raw[1] & 2))
-        found.append(Ranked(uuid.UUID(bytes=body[at:at + 16]), *tail, 0.0))
+        found.append(Ranked(FastUUID(body[at:at + 16]), *tail, 0.0))
     return found, total
 
 

@@ -1,6 +1,7 @@
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -171,20 +172,49 @@ class RedisChatBus:
     async def publish(self, event: ChatEvent) -> None:
         await _redis(self._broadcast.publish(chat_channel(self._prefix, event.chat_id), encode_event(event)))
 
-    @asynccontextmanager
-    async def subscribe(self, chat_id: uuid.UUID) -> AsyncIterator[AsyncIterator[ChatEvent]]:
-        try:
-            async with self._broadcast.subscribe(chat_channel(self._prefix, chat_id)) as subscriber:
-                yield self._events(subscriber)
-        except (RedisError, OSError) as error:  # the subscription itself could not be made
-            raise DomainError(Code.UNAVAILABLE, "Live events are unavailable; subscribe again") from error
+    def subscribe(self, chat_id: uuid.UUID) -> AbstractAsyncContextManager[AsyncIterator[ChatEvent]]:
+        return _ChatEvents(self._broadcast.subscribe(chat_channel(self._prefix, chat_id)))
 
-    @staticmethod
-    async def _events(subscriber: Any) -> AsyncIterator[ChatEvent]:
+
+def _unavailable() -> DomainError:
+    return DomainError(Code.UNAVAILABLE, "Live events are unavailable; subscribe again")
+
+
+class _ChatEvents(AbstractAsyncContextManager[AsyncIterator[ChatEvent]], AsyncIterator[ChatEvent]):
+    """A chat's live events, as classes rather than a context-manager generator and an event
+    generator: nothing suspended to hold while an idle subscription lasts (thousands per process)."""
+
+    __slots__ = ("_subscriber", "_subscription")
+
+    def __init__(self, subscription: AbstractAsyncContextManager[Any]) -> None:
+        self._subscription = subscription
+        self._subscriber: Any = None
+
+    async def __aenter__(self) -> AsyncIterator[ChatEvent]:
         try:
-            async for message in subscriber:
-                event = decode_event(message.message)
-                if event is not None:
-                    yield event
-        except BroadcastConnectionLost:
-            raise DomainError(Code.UNAVAILABLE, "Live events were interrupted; subscribe again") from None
+            self._subscriber = await self._subscription.__aenter__()
+        except (RedisError, OSError) as error:  # the subscription itself could not be made
+            raise _unavailable() from error
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        try:
+            await self._subscription.__aexit__(kind, error, traceback)
+        except (RedisError, OSError) as failure:
+            raise _unavailable() from failure
+        if isinstance(error, RedisError | OSError):
+            raise _unavailable() from error
+
+    def __aiter__(self) -> AsyncIterator[ChatEvent]:
+        return self
+
+    async def __anext__(self) -> ChatEvent:
+        while True:
+            try:
+                message = await self._subscriber.__anext__()
+            except BroadcastConnectionLost:
+                raise DomainError(Code.UNAVAILABLE, "Live events were interrupted; subscribe again") from None
+            event = decode_event(message.message)
+            if event is not None:
+                return event

@@ -46,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from infra.app import create_app
+    from infra.ws_protocol import LeanWebSocketProtocol
 
     settings = _settings()
     if args.port is not None:
@@ -58,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Protocol-level pings serve both GraphQL subprotocols (the legacy one has no ping a client
         # must answer): a peer silent past the timeout is dropped, and its subscriptions end with it.
         ws_ping_interval=_seconds("WS_PING_SECONDS", 20), ws_ping_timeout=_seconds("WS_PING_TIMEOUT_SECONDS", 20),
+        # uvicorn's sans-I/O protocol (pings are timers, not tasks), with less kept per socket.
+        ws=LeanWebSocketProtocol,
         # An idle connection outlives any load balancer's idle timeout (60 s on the common ones): if
         # the server closed first, a request the balancer sent on it at that moment would be reset.
         timeout_keep_alive=int(_seconds("HTTP_KEEPALIVE_SECONDS", 75)),

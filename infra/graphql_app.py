@@ -14,11 +14,11 @@ from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
-from strawberry.http.exceptions import WebSocketDisconnected
+from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived, WebSocketDisconnected
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
@@ -152,17 +152,31 @@ def _with_codes(payload: object) -> object:
 
 class _Socket(ASGIWebSocketAdapter):
     async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
-        async for message in super().iter_json(ignore_parsing_errors=ignore_parsing_errors):
-            problem = _malformed(message)
-            if problem is not None:
-                await self.close(CLOSE_BAD_MESSAGE, problem)
-                return
-            assert isinstance(message, dict)
-            if message["type"] in _OPERATION_TYPES and _contains_surrogate(message["payload"]):
-                # Refused as over HTTP, for this operation alone: the socket and its others go on.
-                await self._refuse(message["id"], Code.BAD_USER_INPUT, "Request contains an unpaired UTF-16 surrogate")
-                continue
-            yield message
+        # strawberry's loop with the checks in it, rather than a generator around strawberry's: one
+        # generator fewer held for the socket's life.
+        try:
+            while self.ws.application_state != WebSocketState.DISCONNECTED:
+                try:
+                    message = self.view.decode_json(await self.ws.receive_text())
+                except json.JSONDecodeError as error:
+                    if not ignore_parsing_errors:
+                        raise NonJsonMessageReceived from error
+                    continue
+                problem = _malformed(message)
+                if problem is not None:
+                    await self.close(CLOSE_BAD_MESSAGE, problem)
+                    return
+                assert isinstance(message, dict)
+                if message["type"] in _OPERATION_TYPES and _contains_surrogate(message["payload"]):
+                    # Refused as over HTTP, for this operation alone: the socket and its others go on.
+                    await self._refuse(message["id"], Code.BAD_USER_INPUT,
+                                       "Request contains an unpaired UTF-16 surrogate")
+                    continue
+                yield message
+        except KeyError as error:  # a binary frame: receive_text() found no text in it
+            raise NonTextMessageReceived from error
+        except WebSocketDisconnect:
+            pass
 
     async def _refuse(self, operation_id: str, code: Code, text: str) -> None:
         error = {"message": text, "extensions": {"code": code.value}}
@@ -226,7 +240,7 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            await self._serve_websocket(WebSocket(scope, receive=receive, send=send))
+            await self.serve_websocket(scope, receive, send)
             return
         request = Request(scope, receive=receive)
         try:
@@ -364,6 +378,7 @@ class GraphQLApp(GraphQL[Context, None]):
         context.bearer = bearer_token(raw) if isinstance(raw, str) else None
         context.connection_params = None  # read once: the socket need not hold the token for its life
         principal = await context.authenticate()
+        context.bearer = None  # checked, and the outcome kept: the token need not last as long as the socket
         ws = context.transport
         if principal is None and getattr(context.auth_error, "code", None) is Code.UNAVAILABLE:
             # The session could not be checked (Redis away): no refusal, come back in a moment.
@@ -393,7 +408,8 @@ class GraphQLApp(GraphQL[Context, None]):
             deadline.cancel()
         return None
 
-    async def _serve_websocket(self, ws: WebSocket) -> None:
+    async def serve_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive=receive, send=send)
         WEBSOCKETS.inc()
         # The legacy graphql-ws protocol has no init deadline of its own: an unauthenticated
         # socket must not be able to sit here forever.

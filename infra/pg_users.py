@@ -3,6 +3,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -18,13 +19,30 @@ _USER_COLUMNS = (
 )
 
 
+# A page of people nearby builds a couple of dozen of these per request: the parts that many
+# people share (genders, gender sets, settings) are looked up rather than built each time.
+_GENDERS = {g.value: g for g in Gender}
+_VISIBILITIES = {v.value: v for v in Visibility}
+
+
+@lru_cache(maxsize=64)
+def _show_me(values: tuple[str, ...]) -> frozenset[Gender]:
+    return frozenset(Gender(g) for g in values)
+
+
+@lru_cache(maxsize=4096)
+def _discovery(age_min: int, age_max: int, max_distance_km: int) -> Discovery:
+    return Discovery(age_min, age_max, max_distance_km)
+
+
 def _user(row: asyncpg.Record) -> User:
+    gender, visibility = row["gender"], row["visibility"]
     return User(
         id=row["id"], email=row["email"], display_name=row["display_name"], birth_date=row["birth_date"],
-        gender=Gender(row["gender"]), created_at=row["created_at"], bio=row["bio"],
-        show_me=frozenset(Gender(g) for g in row["show_me"]), interest_tags=tuple(row["interest_tags"]),
-        discovery=Discovery(row["age_min"], row["age_max"], row["max_distance_km"]),
-        visibility=Visibility(row["visibility"]), show_activity=row["show_activity"],
+        gender=_GENDERS.get(gender) or Gender(gender), created_at=row["created_at"], bio=row["bio"],
+        show_me=_show_me(tuple(row["show_me"])), interest_tags=tuple(row["interest_tags"]),
+        discovery=_discovery(row["age_min"], row["age_max"], row["max_distance_km"]),
+        visibility=_VISIBILITIES.get(visibility) or Visibility(visibility), show_activity=row["show_activity"],
         show_read_receipts=row["show_read_receipts"],
     )
 

@@ -98,7 +98,8 @@ def event_gql(event: ChatEvent, viewer: uuid.UUID) -> ChatEventGQL:
     return ChatClosedGQL(chat_id=strawberry.ID(str(event.chat_id)))
 
 
-async def chat_events(info: Info, chat_id: strawberry.ID, after_seq: int | None) -> AsyncGenerator[ChatEventGQL, None]:
+async def chat_events(info: Info, chat_id: strawberry.ID, after_seq: int | None = None
+                      ) -> AsyncGenerator[ChatEventGQL, None]:
     principal = await info.context.require_user()
     async for event in chat.follow(info.context.ports.chats, principal.user_id, chat_id, after_seq):
         yield event_gql(event, principal.user_id)

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any, Protocol
 
 from strawberry.dataloader import DataLoader
@@ -65,16 +66,28 @@ class Ports:
 
 class Loaders:
     # cache=False: batching within one tick is what saves queries; a cache would outlive the
-    # request on a WebSocket, whose context lasts as long as the connection.
+    # request on a WebSocket, whose context lasts as long as the connection. Each is made on first
+    # use: most sockets hold a context for hours and load nothing through it.
     def __init__(self, ports: Ports) -> None:
-        self.users = DataLoader[uuid.UUID, User | None](self._load_users, cache=False)
-        # Keyed by (viewer, owner): the photos a viewer may see depend on blocks between the two.
-        self.photos = DataLoader[tuple[uuid.UUID, uuid.UUID], list[Photo]](self._load_photos, cache=False)
-        # Keyed by (chat, viewer): the newest message and the viewer's unread count.
-        self.chat_summaries = DataLoader[tuple[uuid.UUID, uuid.UUID], tuple[Message | None, int]](
-            self._load_chat_summaries, cache=False)
-        self.sightings = DataLoader[uuid.UUID, Sighting](self._load_sightings, cache=False)
         self._ports = ports
+
+    @cached_property
+    def users(self) -> DataLoader[uuid.UUID, User | None]:
+        return DataLoader(self._load_users, cache=False)
+
+    @cached_property
+    def photos(self) -> DataLoader[tuple[uuid.UUID, uuid.UUID], list[Photo]]:
+        # Keyed by (viewer, owner): the photos a viewer may see depend on blocks between the two.
+        return DataLoader(self._load_photos, cache=False)
+
+    @cached_property
+    def chat_summaries(self) -> DataLoader[tuple[uuid.UUID, uuid.UUID], tuple[Message | None, int]]:
+        # Keyed by (chat, viewer): the newest message and the viewer's unread count.
+        return DataLoader(self._load_chat_summaries, cache=False)
+
+    @cached_property
+    def sightings(self) -> DataLoader[uuid.UUID, Sighting]:
+        return DataLoader(self._load_sightings, cache=False)
 
     async def _load_users(self, ids: list[uuid.UUID]) -> list[User | None]:
         found = await self._ports.users.get_many(list(set(ids)))
@@ -115,6 +128,7 @@ class Context:
     principal: Principal | None = None
     auth_error: DomainError | None = None
     _checked: "asyncio.Future[None] | None" = None
+    _known: bool = False  # the check is over: principal and auth_error say what it found
 
     def __post_init__(self) -> None:
         self.loaders = Loaders(self.ports)
@@ -122,9 +136,12 @@ class Context:
     async def authenticate(self) -> Principal | None:
         # Lazy, so public fields cost nothing and a bad token fails only the fields that need one;
         # shared, so sibling resolvers running concurrently wait for the one check in flight.
-        if self._checked is None:
-            self._checked = asyncio.ensure_future(self._check())
-        await asyncio.shield(self._checked)
+        if not self._known:
+            if self._checked is None:
+                self._checked = asyncio.ensure_future(self._check())
+            await asyncio.shield(self._checked)
+            # A finished task keeps its coroutine: on a socket, for as long as the connection lasts.
+            self._known, self._checked = True, None
         return self.principal
 
     async def _check(self) -> None:

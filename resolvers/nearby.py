@@ -1,11 +1,13 @@
 import asyncio
+import uuid
 from datetime import datetime
 
 from domain import locations
 from domain.errors import DomainError
 from domain.geo import band_label, cell_size_km
 from domain.locations import Whereabouts
-from domain.nearby import Filter, nearby
+from domain.nearby import Filter, Page, nearby
+from resolvers.claims import claimed_user
 from resolvers.context import Info
 from schema.accounts import CATALOGUE_GQL, PersonGQL
 from schema.errors import error_member
@@ -52,18 +54,44 @@ async def my_location(info: Info) -> MyLocationGQL | None:
     return None if where is None else _my_location(where, ports.clock(), info)
 
 
+async def _following_page(info: Info, user_id: uuid.UUID, first: int | None, after: str, given: Filter,
+                          now: datetime) -> Page:
+    # A following page only reads, so its reads go out while the session is still being checked
+    # (one round trip's wait instead of two); nothing of them is used unless the check passes, and
+    # activity is noted only then.
+    reads = asyncio.ensure_future(nearby(info.context.ports.nearby, user_id, first, after, given, now))
+    try:
+        principal = await info.context.require_user()
+    except BaseException:
+        reads.cancel()
+        reads.add_done_callback(_retrieved)
+        raise
+    assert principal.user_id == user_id  # both come from the same verified token
+    page, _ = await asyncio.gather(reads, info.context.ports.places.activity.touch(user_id, now))
+    return page
+
+
+def _retrieved(task: "asyncio.Future[Page]") -> None:
+    if not task.cancelled():
+        task.exception()  # an abandoned page's error is not worth a warning
+
+
 async def nearby_candidates(info: Info, first: int | None = 20, after: str | None = None,
                             filter: NearbyFilterInput | None = None) -> CandidateConnectionGQL:
-    principal = await info.context.require_user()
     ports = info.context.ports
     now = ports.clock()
     given = Filter() if filter is None else Filter(
         filter.max_distance_km, filter.age_min, filter.age_max,
         None if filter.genders is None else frozenset(filter.genders),
     )
-    # Activity is noted alongside (at most one write an hour), not after: it waits on nothing here.
-    page, _ = await asyncio.gather(nearby(ports.nearby, principal.user_id, first, after, given, now),
-                                   ports.places.activity.touch(principal.user_id, now))
+    claimed = claimed_user(info.context) if after is not None else None
+    if after is not None and claimed is not None:
+        page = await _following_page(info, claimed, first, after, given, now)
+    else:
+        user_id = (await info.context.require_user()).user_id
+        # Activity is noted alongside (at most one write an hour), not after: it waits on nothing here.
+        page, _ = await asyncio.gather(nearby(ports.nearby, user_id, first, after, given, now),
+                                       ports.places.activity.touch(user_id, now))
     today = now.date()
     edges = [
         CandidateEdgeGQL(cursor=c.cursor, node=CandidateGQL(

@@ -4,15 +4,12 @@ from pathlib import Path
 
 import strawberry
 from graphql import DocumentNode, GraphQLError, OperationDefinitionNode
-from graphql.validation import NoSchemaIntrospectionCustomRule
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from graphql.validation.rules import overlapping_fields_can_be_merged
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxTokensLimiter,
-    SchemaExtension,
-)
+from strawberry.extensions import SchemaExtension
 from strawberry.extensions.max_aliases import create_validator as aliases_rule
 from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 from strawberry.types.graphql import OperationType
@@ -20,6 +17,7 @@ from strawberry.types.graphql import OperationType
 from schema.cost import CostBudget
 from schema.errors import ErrorCodes
 from schema.execution import PlainDataExecution
+from schema.hooks import KnownHooksRunner
 from schema.ratelimit import RateLimits
 from schema.root import BenchMutation, Mutation, Query, Subscription
 from schema.shape import Shape, measure
@@ -30,6 +28,10 @@ SDL_PATH = Path(__file__).resolve().parent.parent / "schema.graphql"
 class Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         pass  # ErrorCodes logs what nobody expected, with the id the client sees; the rest is noise
+
+    def create_extensions_runner(self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
+                                 ) -> SchemaExtensionsRunner:
+        return KnownHooksRunner(execution_context=execution_context, extensions=extensions)
 
 
 Extension = type[SchemaExtension] | Callable[[], SchemaExtension]
@@ -148,6 +150,24 @@ class RequestShape(SchemaExtension):
             context.pre_execution_errors = [GraphQLError(problem, extensions={"code": "BAD_REQUEST"})]
 
 
+class DocumentLimits(SchemaExtension):
+    # What strawberry's MaxTokensLimiter and AddValidationRules do, in the parse and validate hooks
+    # rather than the operation hook: a subscription keeps its operation hooks (a suspended
+    # generator, its context manager and wrapper each) for as long as it lives.
+    def __init__(self, rules: Sequence[type[ASTValidationRule]]) -> None:
+        super().__init__()
+        self._rules = tuple(rules)
+
+    def on_parse(self) -> Iterator[None]:
+        self.execution_context.parse_options["max_tokens"] = MAX_TOKENS
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        # Before strawberry validates, which it does when this hook's turn is over.
+        self.execution_context.validation_rules = self.execution_context.validation_rules + self._rules
+        yield
+
+
 def build_schema(*, production: bool = False, extensions: Sequence[Extension] = (),
                  bench_noop: bool = False) -> strawberry.Schema:
     # Factories, not instances: strawberry makes one per operation, and extensions keep
@@ -157,14 +177,15 @@ def build_schema(*, production: bool = False, extensions: Sequence[Extension] = 
     # API process for 20 s. Introspection (GraphiQL's is 13 levels deep) does not count. The rule
     # classes are made once: strawberry's limiters make new ones per operation, and a subscription
     # keeps its operation's extensions as long as it lives (KiBs per idle socket).
-    limits = [aliases_rule(MAX_ALIASES), depth_rule(MAX_DEPTH, lambda ctx: ctx.field_name.startswith("__"), None),
-              CostBudget]
+    limits: list[type[ASTValidationRule]] = [
+        aliases_rule(MAX_ALIASES), depth_rule(MAX_DEPTH, lambda ctx: ctx.field_name.startswith("__"), None),
+        CostBudget]
+    if production:
+        limits.append(NoSchemaIntrospectionCustomRule)
     chosen: list[Extension] = [
         *extensions, lambda: ErrorCodes(hide_suggestions=production), lambda: KnownDocuments(known), RequestShape,
-        lambda: MaxTokensLimiter(MAX_TOKENS), lambda: AddValidationRules(limits), RateLimits,
+        lambda: DocumentLimits(limits), RateLimits,
     ]
-    if production:
-        chosen.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
     mutation = BenchMutation if bench_noop else Mutation
     return Schema(query=Query, mutation=mutation, subscription=Subscription, extensions=chosen,
                   config=StrawberryConfig(batching_config={"max_operations": MAX_BATCH}),

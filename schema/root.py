@@ -129,16 +129,12 @@ class BenchMutation(Mutation):
 
 @strawberry.type
 class Subscription:
-    @strawberry.subscription(description="Everything that happens to you, live.")
-    async def my_events(self, info: strawberry.Info) -> AsyncGenerator[MyEvent, None]:
-        async for event in events.my_events(info):
-            yield event
-
-    @strawberry.subscription(
+    # The resolvers themselves, not generators around them: one generator less per subscription,
+    # held as long as it lasts.
+    my_events: AsyncGenerator[MyEvent, None] = strawberry.subscription(
+        resolver=events.my_events, description="Everything that happens to you, live.")
+    chat_events: AsyncGenerator[ChatEventGQL, None] = strawberry.subscription(
+        resolver=chats.chat_events,
         description="A chat, live: every message after afterSeq first (none when omitted), in order, then what "
         "happens from now on, with nothing lost or repeated in between. Ends after ChatClosed.",
     )
-    async def chat_events(self, info: strawberry.Info, chat_id: strawberry.ID,
-                          after_seq: int | None = None) -> AsyncGenerator[ChatEventGQL, None]:
-        async for event in chats.chat_events(info, chat_id, after_seq):
-            yield event

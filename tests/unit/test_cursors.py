@@ -1,6 +1,6 @@
 import pytest
 
-from domain.cursors import decode_cursor, encode_cursor, page_size
+from domain.cursors import cursors_along, decode_cursor, encode_cursor, page_size
 from domain.errors import Code, InputError
 
 KEY = b"k" * 32
@@ -21,3 +21,11 @@ def test_page_size_bounds() -> None:
     for bad in (0, -1, 101, 2**40):
         with pytest.raises(InputError):
             page_size(bad)
+
+
+def test_cursors_along_one_list_are_those_encode_cursor_makes() -> None:
+    along = cursors_along(KEY, "nearby", ["0f" * 16])
+    for last in (0, 1, 20, 123456789, "x"):
+        assert along(last) == encode_cursor(KEY, "nearby", ["0f" * 16, last])
+        assert decode_cursor(KEY, "nearby", along(last)) == ["0f" * 16, last]
+    assert cursors_along(KEY, "k", [])(7) == encode_cursor(KEY, "k", [7])
