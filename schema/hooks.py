@@ -139,15 +139,7 @@ class _LeanOperation:
         running, self._running = self._running, []
         for step in reversed(running):
             assert isinstance(step, Generator)
-            try:
-                step.throw(pending) if pending is not None else next(step)
-            except StopIteration:
-                pending = None
-                continue
-            except BaseException as failure:  # handed to the earlier hooks, then raised
-                pending = failure
-                continue
-            pending = RuntimeError(f"{step!r} yielded more than once")
+            pending = _finish(step, pending)
         return self._outcome(error, pending)
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -156,18 +148,7 @@ class _LeanOperation:
         pending = error
         running, self._running = self._running, []
         for step in reversed(running):
-            try:
-                if isinstance(step, Generator):
-                    step.throw(pending) if pending is not None else next(step)
-                else:
-                    await (step.athrow(pending) if pending is not None else anext(step))
-            except (StopIteration, StopAsyncIteration):
-                pending = None
-                continue
-            except BaseException as failure:  # handed to the earlier hooks, then raised
-                pending = failure
-                continue
-            pending = RuntimeError(f"{step!r} yielded more than once")
+            pending = _finish(step, pending) if isinstance(step, Generator) else await _finish_async(step, pending)
         return self._outcome(error, pending)
 
     @staticmethod
@@ -177,6 +158,27 @@ class _LeanOperation:
         if pending is not None and pending is not error:
             raise pending
         return False
+
+
+def _finish(step: Generator[Any, None, None], pending: BaseException | None) -> BaseException | None:
+    """Ends one hook: None when it ended cleanly, else the error it hands to the earlier hooks."""
+    try:
+        step.throw(pending) if pending is not None else next(step)
+    except StopIteration:
+        return None
+    except BaseException as failure:
+        return failure
+    return RuntimeError(f"{step!r} yielded more than once")
+
+
+async def _finish_async(step: AsyncGenerator[Any, None], pending: BaseException | None) -> BaseException | None:
+    try:
+        await (step.athrow(pending) if pending is not None else anext(step))
+    except StopAsyncIteration:
+        return None
+    except BaseException as failure:
+        return failure
+    return RuntimeError(f"{step!r} yielded more than once")
 
 
 class KnownHooksRunner(SchemaExtensionsRunner):
